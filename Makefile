@@ -1,0 +1,98 @@
+# jupyter-ec2 — the two commands a developer needs:
+#   make demo   JupyterLab with jupyter-ec2 on the embedded default (a simulated cloud on this machine)
+#   make test   the whole suite: lint, Python tests and browser tests
+# Both install everything they need first (virtual environment, Python and npm packages, and
+# Debian's openssh-server and chromium when missing).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+JUPYTER := $(VENV)/bin/jupyter
+# The "instance image": an interpreter any user can run (as on a Deep Learning AMI), used by the
+# `existing` environment kind in tests and the demo, and a wheel cache for the `pip` kind.
+SIM_DIR ?= /opt/jupyter-ec2-sim
+IMAGE_PY := $(SIM_DIR)/image-python/bin/python
+WHEELS := $(SIM_DIR)/wheels
+# Builds must never fetch anything but npm packages: a closed loopback proxy makes any other
+# download fail at once, on this machine (NOTES.md: the builder's core-meta fallback).
+NO_NET := http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9
+LABEXT_SRC := $(shell find labextension/src labextension/style labextension/schema -type f 2>/dev/null) labextension/package.json labextension/tsconfig.json
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast lint install system-deps sim-image clean bench
+
+demo: install sim-image
+	$(PY) -m jupyter_ec2.testing.demo
+
+test: install sim-image lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install sim-image
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check jupyter_ec2 tests bench
+	cd labextension && npm run --silent lint
+
+bench: install sim-image
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+install: system-deps $(VENV)/.installed
+
+system-deps:
+	@missing=""; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "Please install these Debian/Ubuntu packages first: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# What the frontend build needs (jupyter labextension build), before the package itself.
+	$(PIP) install -q "jupyterlab>=4.2,<5" "hatchling>=1.21" "hatch-jupyter-builder>=0.9"
+	touch $@
+
+labextension/node_modules/.package-lock.json: labextension/package.json labextension/package-lock.json
+	cd labextension && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+jupyter_ec2/labextension/static/style.js: $(VENV)/.base labextension/node_modules/.package-lock.json $(LABEXT_SRC)
+	cd labextension && PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(NO_NET) npm run --silent build:prod
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base jupyter_ec2/labextension/static/style.js pyproject.toml
+	$(PIP) install -q -e ".[test]"
+	# Editable installs leave the labextension in the source tree: link it where JupyterLab looks.
+	$(JUPYTER) labextension develop --overwrite . >/dev/null
+	$(JUPYTER) server extension enable --sys-prefix jupyter_ec2 >/dev/null
+	touch $@
+
+sim-image: $(IMAGE_PY) $(WHEELS)/.done
+
+$(IMAGE_PY):
+	@[ "$$(id -u)" = 0 ] || [ -w "$$(dirname $(SIM_DIR))" ] || { echo "$(SIM_DIR) must be writable: run 'sudo make sim-image' once, or set SIM_DIR"; exit 1; }
+	mkdir -p $(SIM_DIR) && chmod 755 $(SIM_DIR)
+	/usr/bin/python3 -m venv $(SIM_DIR)/image-python
+	$(SIM_DIR)/image-python/bin/pip install -q --upgrade pip
+	$(SIM_DIR)/image-python/bin/pip install -q jupyter_server ipykernel
+	chmod -R a+rX $(SIM_DIR)
+
+$(WHEELS)/.done: $(VENV)/.base
+	mkdir -p $(WHEELS)
+	$(PIP) download -q -d $(WHEELS) jupyterlab
+	chmod -R a+rX $(SIM_DIR)
+	touch $@
+
+clean:
+	rm -rf $(VENV) labextension/node_modules labextension/lib jupyter_ec2/labextension \
+	  labextension/tsconfig.tsbuildinfo tests/artifacts

@@ -1,0 +1,389 @@
+"""Pure data of jupyter-ec2: phases, launch profiles and their validation.
+
+Nothing here does I/O. Every value that comes from a config file or a browser is validated by
+the functions in this module, which raise :class:`~jupyter_ec2.errors.ValidationError` naming
+the bad field, so that the caller can refuse it before anything is launched.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ValidationError
+
+
+class Phase(str, enum.Enum):
+    """Where an instance is in its lifecycle (DESIGN.md §2); the ``phase`` field of the API."""
+
+    LAUNCHING = "launching"
+    BOOTING = "booting"
+    CONNECTING = "connecting"
+    PROVISIONING = "provisioning"
+    STARTING = "starting"
+    READY = "ready"
+    DEGRADED = "degraded"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+
+#: The fields a launch profile may hold; a launch request may override only these.
+PROFILE_FIELDS = (
+    "display_name",
+    "region",
+    "instance_type",
+    "ami",
+    "volume_gb",
+    "spot",
+    "environment",
+    "idle_stop_minutes",
+    "tags",
+)
+
+#: Image aliases the EC2 layer resolves to the newest Canonical image.
+AMI_ALIASES = ("ubuntu-24.04", "ubuntu-22.04")
+
+MIN_VOLUME_GB = 8
+MAX_VOLUME_GB = 16384  # gp3's limit
+MAX_IDLE_STOP_MINUTES = 7 * 24 * 60
+MAX_PACKAGES = 100
+MAX_PACKAGE_SPEC = 200
+MAX_TAGS = 40  # AWS allows 50; the extension's own tags need the rest
+
+_PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]{0,15}\.[a-z0-9-]{2,16}$")
+_AMI_ID = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+_TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$", re.UNICODE)
+_PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_ABS_PATH = re.compile(r"^/[A-Za-z0-9._+/-]{1,255}$")
+
+
+@functools.lru_cache(maxsize=1)
+def known_ec2_regions() -> frozenset[str]:
+    """Every EC2 region botocore knows, in all partitions (read from botocore's local data)."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    regions: set[str] = set()
+    for partition in session.get_available_partitions():
+        regions.update(session.get_available_regions("ec2", partition_name=partition))
+    return frozenset(regions)
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], field_name: str, what: str) -> Any:
+    # bool is an int in Python, but `volume_gb: true` is a mistake, not 1 GB.
+    if isinstance(value, bool) and kind is not bool:
+        raise ValidationError(field_name, f"{field_name} must be {what}, not true/false.")
+    if not isinstance(value, kind):
+        raise ValidationError(field_name, f"{field_name} must be {what}, not {value!r:.40}.")
+    return value
+
+
+def validate_profile_name(name: Any) -> str:
+    """A profile name: lower-case letters, digits, '-' and '_', at most 32 characters."""
+    _expect(name, str, "profile", "a string")
+    if not _PROFILE_NAME.match(name):
+        raise ValidationError(
+            "profile",
+            f"Profile name {name!r:.40} is not valid: use 1–32 lower-case letters, digits, "
+            "'-' or '_', starting with a letter or digit.",
+        )
+    return name
+
+
+def validate_display_name(value: Any) -> str:
+    """A human label: 1–80 printable characters."""
+    _expect(value, str, "display_name", "a string")
+    value = value.strip()
+    if not value or len(value) > 80 or not value.isprintable():
+        raise ValidationError("display_name", "display_name must be 1–80 printable characters.")
+    return value
+
+
+def validate_region(value: Any) -> str:
+    """A real EC2 region name such as ``us-east-1``."""
+    _expect(value, str, "region", "a string such as 'us-east-1'")
+    if not _REGION.match(value):
+        raise ValidationError("region", f"region {value!r:.40} is not a region name such as 'us-east-1'.")
+    if value not in known_ec2_regions():
+        raise ValidationError(
+            "region", f"region {value!r} is not an EC2 region; pick one such as 'us-east-1'."
+        )
+    return value
+
+
+def validate_instance_type(value: Any) -> str:
+    """An instance type name of the form ``family.size`` (``t3.medium``)."""
+    _expect(value, str, "instance_type", "a string such as 't3.medium'")
+    if not _INSTANCE_TYPE.match(value):
+        raise ValidationError(
+            "instance_type", f"instance_type {value!r:.40} is not a type name such as 't3.medium'."
+        )
+    return value
+
+
+def validate_ami(value: Any) -> str:
+    """An image alias (``ubuntu-24.04``) or an image id (``ami-0123456789abcdef0``)."""
+    _expect(value, str, "ami", "a string")
+    if value in AMI_ALIASES or _AMI_ID.match(value):
+        return value
+    raise ValidationError(
+        "ami",
+        f"ami {value!r:.40} is neither an image id (ami- and 8 or 17 hex digits) nor one of "
+        f"{', '.join(AMI_ALIASES)}.",
+    )
+
+
+def validate_volume_gb(value: Any) -> int:
+    """The root volume size in GiB, an integer from 8 to 16384."""
+    _expect(value, int, "volume_gb", "a whole number of GB")
+    if not MIN_VOLUME_GB <= value <= MAX_VOLUME_GB:
+        raise ValidationError(
+            "volume_gb", f"volume_gb must be from {MIN_VOLUME_GB} to {MAX_VOLUME_GB} GB, not {value}."
+        )
+    return value
+
+
+def validate_spot(value: Any) -> bool:
+    """Whether to ask for a spot instance."""
+    return _expect(value, bool, "spot", "true or false")
+
+
+def validate_idle_stop_minutes(value: Any) -> float | int:
+    """Idle minutes before the instance stops itself; 0 turns auto-stop off, fractions allowed."""
+    _expect(value, (int, float), "idle_stop_minutes", "a number of minutes")
+    if not math.isfinite(value) or not 0 <= value <= MAX_IDLE_STOP_MINUTES:
+        raise ValidationError(
+            "idle_stop_minutes",
+            f"idle_stop_minutes must be from 0 (off) to {MAX_IDLE_STOP_MINUTES} (a week).",
+        )
+    return value
+
+
+def validate_tags(value: Any) -> dict[str, str]:
+    """User tags for the instance: at most 40, no ``aws:`` or ``jupyter-ec2:`` keys."""
+    _expect(value, dict, "tags", "a mapping of tag names to values")
+    if len(value) > MAX_TAGS:
+        raise ValidationError("tags", f"At most {MAX_TAGS} tags are allowed.")
+    tags = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not isinstance(val, str):
+            raise ValidationError("tags", "Tag names and values must be strings.")
+        if not 1 <= len(key) <= 128 or len(val) > 256:
+            raise ValidationError("tags", f"Tag {key!r:.40} is too long (name ≤ 128, value ≤ 256).")
+        if key.lower().startswith(("aws:", "jupyter-ec2:")) or key == "Name":
+            raise ValidationError("tags", f"Tag name {key!r} is reserved.")
+        if not _TAG_CHARS.match(key) or not _TAG_CHARS.match(val):
+            raise ValidationError("tags", f"Tag {key!r:.40} has characters AWS does not allow.")
+        tags[key] = val
+    return tags
+
+
+def validate_package_spec(spec: Any, field_name: str = "environment.packages") -> str:
+    """One PEP 508 requirement (``numpy>=2``); no pip options, newlines or shell syntax."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    _expect(spec, str, field_name, "a package requirement string")
+    if not spec or len(spec) > MAX_PACKAGE_SPEC:
+        raise ValidationError(field_name, f"A package spec must be 1–{MAX_PACKAGE_SPEC} characters.")
+    if not spec.isprintable() or spec != spec.strip() or not _PACKAGE_NAME.match(spec):
+        raise ValidationError(
+            field_name, f"{spec!r:.60} is not a package requirement such as 'numpy>=2'."
+        )
+    try:
+        req = Requirement(spec)
+    except InvalidRequirement:
+        raise ValidationError(
+            field_name, f"{spec!r:.60} is not a package requirement such as 'numpy>=2'."
+        ) from None
+    if req.url is not None and not req.url.startswith("https://"):
+        raise ValidationError(field_name, f"{spec!r:.60}: only https:// direct references are allowed.")
+    return spec
+
+
+def validate_environment(value: Any) -> dict[str, Any]:
+    """How Python and Jupyter get onto the instance: ``pip``, ``conda`` or ``existing``."""
+    _expect(value, dict, "environment", "a mapping with a 'kind'")
+    kind = value.get("kind")
+    allowed = {
+        "pip": {"kind", "packages"},
+        "conda": {"kind", "packages", "installer_url"},
+        "existing": {"kind", "python"},
+    }
+    if kind not in allowed:
+        raise ValidationError("environment.kind", "environment.kind must be pip, conda or existing.")
+    unknown = sorted(set(value) - allowed[kind])
+    if unknown:
+        raise ValidationError(
+            f"environment.{unknown[0]}", f"environment of kind {kind} has no field {unknown[0]!r}."
+        )
+    env: dict[str, Any] = {"kind": kind}
+    if kind in ("pip", "conda"):
+        packages = value.get("packages", [])
+        _expect(packages, list, "environment.packages", "a list of package requirements")
+        if len(packages) > MAX_PACKAGES:
+            raise ValidationError("environment.packages", f"At most {MAX_PACKAGES} packages.")
+        env["packages"] = [validate_package_spec(p) for p in packages]
+    if kind == "conda" and "installer_url" in value:
+        url = _expect(value["installer_url"], str, "environment.installer_url", "an https URL")
+        if not re.match(r"^https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~%/+-]*$", url) or len(url) > 500:
+            raise ValidationError(
+                "environment.installer_url", "environment.installer_url must be a plain https URL."
+            )
+        env["installer_url"] = url
+    if kind == "existing":
+        python = value.get("python")
+        if not isinstance(python, str) or not _ABS_PATH.match(python) or "/../" in python:
+            raise ValidationError(
+                "environment.python",
+                "environment.python must be the absolute path of an interpreter on the image.",
+            )
+        env["python"] = python
+    return env
+
+
+_FIELD_VALIDATORS = {
+    "display_name": validate_display_name,
+    "region": validate_region,
+    "instance_type": validate_instance_type,
+    "ami": validate_ami,
+    "volume_gb": validate_volume_gb,
+    "spot": validate_spot,
+    "environment": validate_environment,
+    "idle_stop_minutes": validate_idle_stop_minutes,
+    "tags": validate_tags,
+}
+
+
+def validate_profile_fields(values: Any, *, what: str = "profile") -> dict[str, Any]:
+    """Validate a partial mapping of profile fields; unknown keys are refused by name."""
+    if not isinstance(values, Mapping):
+        raise ValidationError(what, f"A {what} must be a mapping of field names to values.")
+    clean: dict[str, Any] = {}
+    for key, value in values.items():
+        validator = _FIELD_VALIDATORS.get(key)
+        if validator is None:
+            raise ValidationError(
+                str(key)[:40],
+                f"{str(key)[:40]!r} is not a {what} field; known fields: {', '.join(PROFILE_FIELDS)}.",
+            )
+        clean[key] = validator(value)
+    return clean
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A launch profile: what one launcher tile launches. Every field is validated."""
+
+    name: str
+    display_name: str
+    region: str
+    instance_type: str
+    ami: str = "ubuntu-24.04"
+    volume_gb: int = 30
+    spot: bool = False
+    environment: dict[str, Any] = field(default_factory=lambda: {"kind": "pip", "packages": []})
+    idle_stop_minutes: float = 60
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, name: Any, values: Any, defaults: Mapping[str, Any]) -> Profile:
+        """Build a profile from its config entry, filling unset fields from ``defaults``."""
+        name = validate_profile_name(name)
+        clean = validate_profile_fields(values)
+        merged = {**validate_profile_fields(defaults, what="default"), **clean}
+        for required in ("region", "instance_type"):
+            if required not in merged:
+                raise ValidationError(required, f"The profile has no {required}.")
+        merged.setdefault("display_name", f"{name} ({merged['instance_type']})")
+        return cls(name=name, **merged)
+
+    def with_overrides(self, overrides: Any) -> Profile:
+        """This profile with a launch request's overrides applied, each validated."""
+        try:
+            clean = validate_profile_fields(overrides, what="override")
+        except ValidationError as err:
+            raise err.prefixed("overrides") from None
+        return Profile(**{**asdict(self), **clean})
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of ``GET profiles``."""
+        return asdict(self)
+
+
+#: The profile served when none is configured: a small general-purpose machine.
+BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
+    "cpu": {"display_name": "CPU (t3.medium)", "instance_type": "t3.medium", "volume_gb": 30},
+}
+
+
+@dataclass(frozen=True)
+class ProfileProblem:
+    """Why one configured profile (or the default name) is not served."""
+
+    profile: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        if self.field == "default_profile":
+            return f"field 'default_profile': {self.message}"
+        return f"profile {self.profile!r} is not served: field {self.field!r}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    """The profiles a server offers: the good ones, the default, and what was wrong."""
+
+    profiles: dict[str, Profile]
+    default: str | None
+    problems: tuple[ProfileProblem, ...] = ()
+
+    def get(self, name: Any) -> Profile | None:
+        """The profile called ``name``, or None."""
+        return self.profiles.get(name) if isinstance(name, str) else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The body of ``GET profiles``."""
+        return {"default": self.default, "profiles": [p.to_json() for p in self.profiles.values()]}
+
+
+def load_profiles(
+    raw: Any, default_name: str | None, defaults: Mapping[str, Any]
+) -> ProfileSet:
+    """Validate every configured profile; bad ones are skipped and reported, good ones kept.
+
+    ``defaults`` fills fields a profile leaves out (region, environment, idle minutes) and must
+    itself be valid. An empty configuration serves :data:`BUILTIN_PROFILES`.
+    """
+    problems: list[ProfileProblem] = []
+    if not raw:
+        raw = BUILTIN_PROFILES
+    if not isinstance(raw, Mapping):
+        problems.append(ProfileProblem("*", "profiles", "profiles must be a mapping of names."))
+        raw = {}
+    profiles: dict[str, Profile] = {}
+    for name, values in raw.items():
+        try:
+            profiles[name] = Profile.from_config(name, values, defaults)
+        except ValidationError as err:
+            problems.append(ProfileProblem(str(name)[:40], err.field or "", err.message))
+    default = default_name or None
+    if default is not None and default not in profiles:
+        why = "is not a configured profile" if default not in raw else "is not valid"
+        problems.append(
+            ProfileProblem(default, "default_profile", f"default_profile {default!r} {why}.")
+        )
+        default = None
+    if default is None and profiles:
+        default = next(iter(profiles))
+    return ProfileSet(profiles, default, tuple(problems))
