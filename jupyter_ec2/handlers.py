@@ -16,7 +16,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
-from .errors import EC2LauncherError
+from .errors import EC2LauncherError, ValidationError
+from .models import MAX_REQUEST_BYTES, LaunchRequest
 
 #: The resource name jupyter_server authorizers see for every jupyter-ec2 route.
 AUTH_RESOURCE = "jupyter_ec2"
@@ -31,8 +32,12 @@ def api_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
             return await method(self, *args, **kwargs)
         except EC2LauncherError as err:
             if err.status >= 500:
-                self.log.warning("jupyter-ec2: %s %s failed: %s", self.request.method,
-                                 self.request.path, err.message)
+                self.log.warning(
+                    "jupyter-ec2: %s %s failed: %s",
+                    self.request.method,
+                    self.request.path,
+                    err.message,
+                )
             self.set_status(err.status)
             self.finish(json.dumps(err.to_json()))
             return None
@@ -60,3 +65,91 @@ class ProfilesHandler(EC2APIHandler):
     async def get(self) -> None:
         """The validated profiles and the default one."""
         self.write_json(self.settings["jupyter_ec2_profiles"].to_json())
+
+
+async def _manager(handler: EC2APIHandler) -> Any:
+    """The lifecycle manager, started on first use (tests and some servers skip the start hook)."""
+    manager = handler.settings["jupyter_ec2_manager"]
+    await manager.ensure_started()
+    return manager
+
+
+class InstancesHandler(EC2APIHandler):
+    """``GET instances`` lists every managed instance; ``POST instances`` launches one."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def get(self) -> None:
+        """Every instance this extension manages, found by tags."""
+        self.write_json({"instances": (await _manager(self)).list()})
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def post(self) -> None:
+        """Launch the profile named in the body; answers 202 while it comes up."""
+        request = LaunchRequest.from_json(self.json_body())
+        self.write_json(await (await _manager(self)).launch(request), status=202)
+
+    def json_body(self) -> Any:
+        """The decoded JSON body, refused with a 400 naming ``body`` when too large or malformed."""
+        raw = self.request.body
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise ValidationError(
+                "body", f"The request body is larger than {MAX_REQUEST_BYTES} bytes."
+            )
+        try:
+            return json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ValidationError("body", "The request body is not valid JSON.") from None
+
+
+class InstanceHandler(EC2APIHandler):
+    """``GET instances/{id}`` shows one instance; ``DELETE`` terminates it."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def get(self, instance_id: str) -> None:
+        """One instance."""
+        manager = await _manager(self)
+        self.write_json(manager.to_json(manager.get(instance_id)))
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def delete(self, instance_id: str) -> None:
+        """Terminate the instance; its disk is lost."""
+        self.write_json(await (await _manager(self)).terminate(instance_id), status=202)
+
+
+class InstanceLogHandler(EC2APIHandler):
+    """``GET instances/{id}/log?after=N``: the instance's log from line N on."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def get(self, instance_id: str) -> None:
+        """Log lines with ``seq >= after``, and the ``next`` value to ask for."""
+        raw = self.get_query_argument("after", "0")
+        if not raw.isdigit() or len(raw) > 12:
+            raise ValidationError("after", "after must be a non-negative whole number.")
+        self.write_json((await _manager(self)).log_after(instance_id, int(raw)))
+
+
+class InstanceActionHandler(EC2APIHandler):
+    """``POST instances/{id}/start|stop|reconnect``."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def post(self, instance_id: str, action: str) -> None:
+        """Run the action; answers 202 while it proceeds."""
+        manager = await _manager(self)
+        method = {
+            "start": manager.start_instance,
+            "stop": manager.stop_instance,
+            "reconnect": manager.reconnect,
+        }[action]
+        self.write_json(await method(instance_id), status=202)

@@ -113,7 +113,9 @@ def validate_region(value: Any) -> str:
     """A real EC2 region name such as ``us-east-1``."""
     _expect(value, str, "region", "a string such as 'us-east-1'")
     if not _REGION.match(value):
-        raise ValidationError("region", f"region {value!r:.40} is not a region name such as 'us-east-1'.")
+        raise ValidationError(
+            "region", f"region {value!r:.40} is not a region name such as 'us-east-1'."
+        )
     if value not in known_ec2_regions():
         raise ValidationError(
             "region", f"region {value!r} is not an EC2 region; pick one such as 'us-east-1'."
@@ -148,7 +150,8 @@ def validate_volume_gb(value: Any) -> int:
     _expect(value, int, "volume_gb", "a whole number of GB")
     if not MIN_VOLUME_GB <= value <= MAX_VOLUME_GB:
         raise ValidationError(
-            "volume_gb", f"volume_gb must be from {MIN_VOLUME_GB} to {MAX_VOLUME_GB} GB, not {value}."
+            "volume_gb",
+            f"volume_gb must be from {MIN_VOLUME_GB} to {MAX_VOLUME_GB} GB, not {value}.",
         )
     return value
 
@@ -194,7 +197,9 @@ def validate_package_spec(spec: Any, field_name: str = "environment.packages") -
 
     _expect(spec, str, field_name, "a package requirement string")
     if not spec or len(spec) > MAX_PACKAGE_SPEC:
-        raise ValidationError(field_name, f"A package spec must be 1–{MAX_PACKAGE_SPEC} characters.")
+        raise ValidationError(
+            field_name, f"A package spec must be 1–{MAX_PACKAGE_SPEC} characters."
+        )
     if not spec.isprintable() or spec != spec.strip() or not _PACKAGE_NAME.match(spec):
         raise ValidationError(
             field_name, f"{spec!r:.60} is not a package requirement such as 'numpy>=2'."
@@ -206,7 +211,9 @@ def validate_package_spec(spec: Any, field_name: str = "environment.packages") -
             field_name, f"{spec!r:.60} is not a package requirement such as 'numpy>=2'."
         ) from None
     if req.url is not None and not req.url.startswith("https://"):
-        raise ValidationError(field_name, f"{spec!r:.60}: only https:// direct references are allowed.")
+        raise ValidationError(
+            field_name, f"{spec!r:.60}: only https:// direct references are allowed."
+        )
     return spec
 
 
@@ -220,7 +227,9 @@ def validate_environment(value: Any) -> dict[str, Any]:
         "existing": {"kind", "python"},
     }
     if kind not in allowed:
-        raise ValidationError("environment.kind", "environment.kind must be pip, conda or existing.")
+        raise ValidationError(
+            "environment.kind", "environment.kind must be pip, conda or existing."
+        )
     unknown = sorted(set(value) - allowed[kind])
     if unknown:
         raise ValidationError(
@@ -235,7 +244,10 @@ def validate_environment(value: Any) -> dict[str, Any]:
         env["packages"] = [validate_package_spec(p) for p in packages]
     if kind == "conda" and "installer_url" in value:
         url = _expect(value["installer_url"], str, "environment.installer_url", "an https URL")
-        if not re.match(r"^https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~%/+-]*$", url) or len(url) > 500:
+        if (
+            not re.match(r"^https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~%/+-]*$", url)
+            or len(url) > 500
+        ):
             raise ValidationError(
                 "environment.installer_url", "environment.installer_url must be a plain https URL."
             )
@@ -274,7 +286,8 @@ def validate_profile_fields(values: Any, *, what: str = "profile") -> dict[str, 
         if validator is None:
             raise ValidationError(
                 str(key)[:40],
-                f"{str(key)[:40]!r} is not a {what} field; known fields: {', '.join(PROFILE_FIELDS)}.",
+                f"{str(key)[:40]!r} is not a {what} field; "
+                f"known fields: {', '.join(PROFILE_FIELDS)}.",
             )
         clean[key] = validator(value)
     return clean
@@ -357,9 +370,7 @@ class ProfileSet:
         return {"default": self.default, "profiles": [p.to_json() for p in self.profiles.values()]}
 
 
-def load_profiles(
-    raw: Any, default_name: str | None, defaults: Mapping[str, Any]
-) -> ProfileSet:
+def load_profiles(raw: Any, default_name: str | None, defaults: Mapping[str, Any]) -> ProfileSet:
     """Validate every configured profile; bad ones are skipped and reported, good ones kept.
 
     ``defaults`` fills fields a profile leaves out (region, environment, idle minutes) and must
@@ -387,3 +398,58 @@ def load_profiles(
     if default is None and profiles:
         default = next(iter(profiles))
     return ProfileSet(profiles, default, tuple(problems))
+
+
+#: The largest launch request body accepted, in bytes.
+MAX_REQUEST_BYTES = 16 * 1024
+_LAUNCH_FIELDS = ("profile", "name", "overrides")
+#: What a launch request may override (a profile's tags and environment stay the admin's).
+OVERRIDABLE_FIELDS = ("instance_type", "volume_gb", "spot", "idle_stop_minutes", "ami", "region")
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """A validated ``POST instances`` body: which profile, an optional label, overrides."""
+
+    profile: str
+    name: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, body: Any) -> LaunchRequest:
+        """Validate a decoded JSON body; every problem names its field."""
+        if not isinstance(body, dict):
+            raise ValidationError("body", "The request body must be a JSON object.")
+        unknown = [key for key in body if key not in _LAUNCH_FIELDS]
+        if unknown:
+            raise ValidationError(
+                str(unknown[0])[:40],
+                f"{str(unknown[0])[:40]!r} is not a launch field; use profile, name, overrides.",
+            )
+        if "profile" not in body:
+            raise ValidationError("profile", "Name the profile to launch.")
+        profile = validate_profile_name(body["profile"])
+        name = body.get("name")
+        if name is not None:
+            _expect(name, str, "name", "a string")
+            name = name.strip()
+            if not name or len(name) > 128 or not name.isprintable():
+                raise ValidationError("name", "name must be 1–128 printable characters.")
+        overrides = body.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise ValidationError("overrides", "overrides must be an object of profile fields.")
+        for key in overrides:
+            if key not in OVERRIDABLE_FIELDS:
+                raise ValidationError(
+                    f"overrides.{str(key)[:40]}",
+                    f"{str(key)[:40]!r} cannot be overridden at launch; allowed: "
+                    f"{', '.join(OVERRIDABLE_FIELDS)}.",
+                )
+        return cls(profile=profile, name=name, overrides=dict(overrides))
+
+    def resolve(self, profiles: ProfileSet) -> Profile:
+        """The profile to launch with the overrides applied and validated."""
+        base = profiles.get(self.profile)
+        if base is None:
+            raise ValidationError("profile", f"There is no launch profile {self.profile!r}.")
+        return base.with_overrides(self.overrides)

@@ -35,8 +35,12 @@ async def test_route_refuses_anonymous(jp_fetch, path, verb):
     # When it is sent
     with pytest.raises(HTTPClientError) as caught:
         await jp_fetch(
-            path, method=verb, body=body, headers={"Authorization": ""},
-            follow_redirects=False, allow_nonstandard_methods=True,
+            path,
+            method=verb,
+            body=body,
+            headers={"Authorization": ""},
+            follow_redirects=False,
+            allow_nonstandard_methods=True,
         )
     # Then it is refused (403, or 405 for a verb the route does not have) and nothing is served
     assert caught.value.code in (403, 405), caught.value
@@ -47,8 +51,11 @@ async def test_route_refuses_anonymous(jp_fetch, path, verb):
 def _verbs_of(path: str) -> set[str]:
     for pattern, handler, *_ in EC2Launcher.routes:
         if _sample_path(pattern) == path:
-            return {v for v in VERBS if getattr(handler, v.lower(), None) is not None
-                    and v.lower() in handler.__dict__}
+            return {
+                v
+                for v in VERBS
+                if getattr(handler, v.lower(), None) is not None and v.lower() in handler.__dict__
+            }
     return set()
 
 

@@ -48,8 +48,10 @@ async def test_get_profiles_serves_configured_profiles(jp_fetch):
         ({"instance_type": "t3.medium", "tags": {"aws:x": "y"}}, "tags"),
         ({"instance_type": "t3.medium", "environment": {"kind": "apt"}}, "environment.kind"),
         (
-            {"instance_type": "t3.medium",
-             "environment": {"kind": "pip", "packages": ["--index-url http://x"]}},
+            {
+                "instance_type": "t3.medium",
+                "environment": {"kind": "pip", "packages": ["--index-url http://x"]},
+            },
             "environment.packages",
         ),
         ({}, "instance_type"),
