@@ -59,7 +59,7 @@ $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# What the frontend build needs (jupyter labextension build), before the package itself.
-	$(PIP) install -q "jupyterlab>=4.2,<5" "hatchling>=1.21" "hatch-jupyter-builder>=0.9"
+	$(PIP) install -q "jupyterlab>=4.2,<5" "hatchling>=1.21" "hatch-jupyter-builder>=0.9" editables
 	touch $@
 
 labextension/node_modules/.package-lock.json: labextension/package.json labextension/package-lock.json
@@ -73,7 +73,7 @@ jupyter_ec2/labextension/static/style.js: $(VENV)/.base labextension/node_module
 $(VENV)/.installed: $(VENV)/.base jupyter_ec2/labextension/static/style.js pyproject.toml
 	$(PIP) install -q -e ".[test]"
 	# Editable installs leave the labextension in the source tree: link it where JupyterLab looks.
-	$(JUPYTER) labextension develop --overwrite . >/dev/null
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(JUPYTER) labextension develop --overwrite . >/dev/null
 	$(JUPYTER) server extension enable --sys-prefix jupyter_ec2 >/dev/null
 	touch $@
 

@@ -1,0 +1,3 @@
+export * from './ProfileCard';
+export * from './ProfileList';
+export * from './StatusBanner';

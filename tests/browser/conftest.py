@@ -1,0 +1,306 @@
+"""Fixtures of the browser tests: a real ``jupyter lab`` subprocess and Debian's Chromium.
+
+The server is the venv's JupyterLab with jupyter-ec2 installed as a user would have it (the
+server extension enabled by its config file, the prebuilt lab extension), but with its own
+config, data and runtime directories, two launch profiles, no network beyond loopback and dummy
+AWS credentials. Chromium is driven by Playwright; no browser is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+CHROMIUM = "/usr/bin/chromium"
+CLOSED_PORT_PROXY = "http://127.0.0.1:9"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    # Anything but loopback goes to a closed local port, so a stray request fails at once.
+    f"--proxy-server={CLOSED_PORT_PROXY}",
+    "--proxy-bypass-list=127.0.0.1;localhost;[::1]",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+SERVER_START_TIMEOUT = 90.0
+
+#: The launch profiles the test server offers (``c.EC2Launcher.profiles``).
+PROFILES = {
+    "cpu": {"display_name": "CPU small", "instance_type": "t3.medium", "volume_gb": 30},
+    "gpu": {
+        "display_name": "GPU box",
+        "instance_type": "g5.xlarge",
+        "volume_gb": 100,
+        "spot": True,
+    },
+}
+
+
+#: The servers running now, whose logs a failed test prints.
+_RUNNING: list[LabServer] = []
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the test item, so fixtures can tell whether it failed."""
+    report = yield
+    setattr(item, f"jp_ec2_report_{report.when}", report)
+    return report
+
+
+@dataclass(frozen=True)
+class LabServer:
+    """A running ``jupyter lab``: where it listens and how to log in."""
+
+    base_url: str
+    token: str
+    root_dir: Path
+    log_file: Path
+
+    def url(self, path: str = "lab") -> str:
+        """An absolute URL below the server's base URL, logged in with the token."""
+        sep = "&" if "?" in path else "?"
+        return f"{self.base_url}{path}{sep}token={self.token}"
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the server's log, for failure messages."""
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _server_env(home: Path, dirs: dict[str, Path]) -> dict[str, str]:
+    """The server's environment: isolated Jupyter dirs, loopback only, dummy AWS credentials."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        # Keep the venv's own share/ and etc/ (sys.prefix) as the only extra Jupyter paths.
+        if key not in {"JUPYTER_PATH", "JUPYTER_CONFIG_PATH", "JUPYTER_PREFER_ENV_PATH"}
+        and not key.startswith("AWS_")
+    }
+    env.update({key: str(path) for key, path in dirs.items()})
+    env.update(
+        {
+            "HOME": str(home),
+            "HTTP_PROXY": CLOSED_PORT_PROXY,
+            "HTTPS_PROXY": CLOSED_PORT_PROXY,
+            "http_proxy": CLOSED_PORT_PROXY,
+            "https_proxy": CLOSED_PORT_PROXY,
+            "NO_PROXY": "127.0.0.1,localhost,::1",
+            "no_proxy": "127.0.0.1,localhost,::1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    return env
+
+
+def _write_config(config_dir: Path, state_dir: Path, *, server_extension: bool) -> None:
+    """The server config (two profiles) and the lab page config (no announcements)."""
+    server_config: dict = {
+        "EC2Launcher": {
+            "profiles": PROFILES,
+            "default_profile": "cpu",
+            "state_dir": str(state_dir),
+        }
+    }
+    if not server_extension:
+        # What `jupyter server extension disable --user jupyter_ec2` writes: the user config
+        # dir outranks the enabling file installed in sys.prefix.
+        server_config["ServerApp"] = {"jpserver_extensions": {"jupyter_ec2": False}}
+    (config_dir / "jupyter_server_config.json").write_text(json.dumps(server_config, indent=2))
+    labconfig = config_dir / "labconfig"
+    labconfig.mkdir()
+    page_config = {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}
+    (labconfig / "page_config.json").write_text(json.dumps(page_config, indent=2))
+
+
+def _wait_for_status(server: LabServer, proc: subprocess.Popen, timeout: float) -> None:
+    """Return once ``/api/status`` answers 200; fail with the server's log otherwise."""
+    # Straight to loopback, whatever proxy the test process itself was given.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(  # noqa: S310 (an http://127.0.0.1 URL we built)
+        f"{server.base_url}api/status", headers={"Authorization": f"token {server.token}"}
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{server.log_tail()}")
+        try:
+            with opener.open(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"jupyter lab did not answer /api/status in {timeout:.0f} s:\n{server.log_tail()}")
+
+
+@contextmanager
+def run_lab(base: Path, *, server_extension: bool = True) -> Iterator[LabServer]:
+    """Run ``jupyter lab`` in the directory ``base`` until the block ends."""
+    dirs = {
+        "JUPYTER_CONFIG_DIR": base / "config",
+        "JUPYTER_DATA_DIR": base / "data",
+        "JUPYTER_RUNTIME_DIR": base / "runtime",
+    }
+    home, root_dir, state_dir = base / "home", base / "notebooks", base / "ec2-state"
+    for path in [*dirs.values(), home, root_dir]:
+        path.mkdir()
+    _write_config(dirs["JUPYTER_CONFIG_DIR"], state_dir, server_extension=server_extension)
+
+    port = _free_port()
+    token = secrets.token_hex(24)
+    server = LabServer(
+        base_url=f"http://127.0.0.1:{port}/",
+        token=token,
+        root_dir=root_dir,
+        log_file=base / "jupyter-lab.log",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        "--ServerApp.open_browser=False",
+        f"--ServerApp.root_dir={root_dir}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--allow-root",
+    ]
+    with server.log_file.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=root_dir,
+            env=_server_env(home, dirs),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_status(server, proc, SERVER_START_TIMEOUT)
+        _RUNNING.append(server)
+        yield server
+    finally:
+        if server in _RUNNING:
+            _RUNNING.remove(server)
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def jp_ec2_lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+    """A real ``jupyter lab`` with jupyter-ec2 and two launch profiles, on 127.0.0.1."""
+    with run_lab(tmp_path_factory.mktemp("jp_ec2_lab")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def jp_ec2_lab_server_without_api(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LabServer]:
+    """The same ``jupyter lab``, with the lab extension but the server extension disabled."""
+    with run_lab(tmp_path_factory.mktemp("jp_ec2_lab_no_api"), server_extension=False) as server:
+        yield server
+
+
+@pytest.fixture
+def jp_asyncio_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """Overrides pytest_jupyter's autouse loop with a private one.
+
+    Between two sync calls Playwright marks its own loop as the running one; pytest_jupyter's
+    fixture would pick that loop up and close it after the first test.
+    """
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def jp_server_cleanup() -> Iterator[None]:
+    """Overrides pytest_jupyter's autouse cleanup: no in-process server runs here."""
+    yield
+
+
+@pytest.fixture(scope="session")
+def jp_ec2_browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright's sync API."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api.expect.set_options(timeout=20_000)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def jp_ec2_page(jp_ec2_browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh browser context (own cookies) and page, 1280×800.
+
+    When the test fails, the page's console errors and the servers' logs are printed.
+    """
+    context = jp_ec2_browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+    try:
+        yield page
+    finally:
+        context.close()
+        report = getattr(request.node, "jp_ec2_report_call", None)
+        if report is not None and report.failed:
+            print("--- browser console ---", *console[-40:], sep="\n")  # noqa: T201
+            for server in _RUNNING:
+                print(f"--- {server.base_url} log ---", server.log_tail(), sep="\n")  # noqa: T201
+
+
+@pytest.fixture(scope="session")
+def jp_ec2_artifacts() -> Path:
+    """Where browser tests leave screenshots (used as README pictures)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
