@@ -1,0 +1,297 @@
+"""The simulated cloud: moto's EC2 (and every other moto service) served on 127.0.0.1.
+
+moto runs in server mode inside this process, so clients talk to it over real HTTP on loopback
+(exactly as the extension talks to AWS) while the harness can still reach moto's EC2 backend
+in-process, e.g. to hold an instance in ``pending`` while it "boots".
+
+moto reads its switches when its modules are imported (``moto.settings`` reads the validation
+flags, ``moto.ec2.models.amis`` reads ``MOTO_AMIS_PATH``); :meth:`SimulatedCloud.start` sets the
+environment first and also patches those module globals in case moto was imported earlier.
+There is one moto state per process: run one :class:`SimulatedCloud` at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .images import ubuntu_images, write_amis_file
+
+DUMMY_ACCESS_KEY_ID = "testing"
+"""The access key id every harness client uses; moto accepts any."""
+
+DUMMY_SECRET_ACCESS_KEY = "testing"  # noqa: S105 - a dummy for the simulated cloud
+"""The secret key every harness client uses; moto accepts any."""
+
+NO_PROXY = "127.0.0.1,localhost,::1"
+"""Hosts a client may reach without the (closed) proxy."""
+
+_MOTO_SWITCHES = {
+    # environment variable: attribute of moto.settings
+    "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "EC2_ENABLE_INSTANCE_TYPE_VALIDATION",
+    "MOTO_ENABLE_AMI_VALIDATION": "ENABLE_AMI_VALIDATION",
+    "MOTO_ENABLE_KEYPAIR_VALIDATION": "ENABLE_KEYPAIR_VALIDATION",
+}
+
+
+class ClosedPort:
+    """A loopback TCP port that refuses every connection and that nobody else can take.
+
+    The port is bound but never listened on: the kernel answers connection attempts with a reset
+    (ECONNREFUSED) at once, and no other process can bind it while this object lives.
+    """
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``, for use as a proxy that fails every request."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        """Release the port."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, then release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SimulatedCloud:
+    """moto in server mode on 127.0.0.1, with AWS validation on and current Ubuntu images."""
+
+    _lock = threading.Lock()
+    _running: SimulatedCloud | None = None
+
+    def __init__(
+        self,
+        region: str = "us-east-1",
+        port: int = 0,
+        validation: bool = True,
+        quiet: bool = True,
+    ):
+        self._region = region
+        self._quiet = quiet
+        self._requested_port = port
+        self._validation = validation
+        self._server: Any = None
+        self._port: int | None = None
+        self._tmpdir: Path | None = None
+        self._proxy: ClosedPort | None = None
+        self._saved_environ: dict[str, str | None] = {}
+        self._saved_settings: dict[str, Any] = {}
+        self._saved_amis: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> SimulatedCloud:
+        """Start the moto server (returns once it accepts requests)."""
+        with SimulatedCloud._lock:
+            if SimulatedCloud._running is not None:
+                raise RuntimeError(
+                    "A SimulatedCloud is already running in this process (moto has one state "
+                    "per process); stop it first or share it."
+                )
+            SimulatedCloud._running = self
+        try:
+            self._tmpdir = Path(tempfile.mkdtemp(prefix="jupyter-ec2-cloud-"))
+            amis_path = write_amis_file(self._tmpdir / "amis.json")
+            self._configure_moto(amis_path)
+            self._proxy = ClosedPort()
+
+            from moto.server import ThreadedMotoServer
+
+            if self._quiet and logging.getLogger("werkzeug").level == logging.NOTSET:
+                # werkzeug logs every request at INFO to stderr unless told otherwise.
+                logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+            self._server = ThreadedMotoServer(
+                ip_address="127.0.0.1", port=self._requested_port, verbose=False
+            )
+            self._server.start()
+            self._port = self._server.get_host_and_port()[1]
+            # Build the region's EC2 backend now (AMIs, default VPC), not in the first test.
+            self.ec2_backend()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the server and restore the environment and moto globals it changed."""
+        if self._server is not None:
+            try:
+                self._server.stop()
+            finally:
+                self._server = None
+        if self._proxy is not None:
+            self._proxy.close()
+            self._proxy = None
+        self._restore_moto()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+        self._port = None
+        with SimulatedCloud._lock:
+            if SimulatedCloud._running is self:
+                SimulatedCloud._running = None
+
+    def __enter__(self) -> SimulatedCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what clients need -------------------------------------------------------------------
+
+    @property
+    def region(self) -> str:
+        """The default region of clients (moto serves every region)."""
+        return self._region
+
+    @property
+    def port(self) -> int:
+        """The TCP port moto listens on."""
+        if self._port is None:
+            raise RuntimeError("The simulated cloud is not running; call start() first.")
+        return self._port
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:<port>``: the endpoint of every AWS service."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def closed_proxy_url(self) -> str:
+        """A proxy URL on a closed loopback port: any request sent through it fails at once."""
+        if self._proxy is None:
+            raise RuntimeError("The simulated cloud is not running; call start() first.")
+        return self._proxy.url
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point a client process at this cloud, and only there."""
+        proxy = self.closed_proxy_url
+        return {
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            # No instance metadata lookups (169.254.169.254 is not loopback).
+            "AWS_EC2_METADATA_DISABLED": "true",
+            # Every boto3 client, even one built without endpoint_url, lands here.
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            # No profile or credentials from the user's ~/.aws can take part.
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            # Any HTTP call that is not for loopback goes to a closed port and fails locally.
+            "HTTP_PROXY": proxy,
+            "HTTPS_PROXY": proxy,
+            "http_proxy": proxy,
+            "https_proxy": proxy,
+            "NO_PROXY": NO_PROXY,
+            "no_proxy": NO_PROXY,
+        }
+
+    def client(self, service: str = "ec2", region: str | None = None, **kwargs: Any) -> Any:
+        """A boto3 client for ``service`` on this cloud, with dummy credentials."""
+        import boto3
+        from botocore.config import Config
+
+        kwargs.setdefault(
+            "config",
+            Config(
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                proxies={},
+            ),
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=DUMMY_ACCESS_KEY_ID,
+            aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
+            region_name=region or self.region,
+        )
+        return session.client(service, endpoint_url=self.endpoint_url, **kwargs)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget every resource (instances, key pairs, groups…); the image list stays."""
+        url = f"{self.endpoint_url}/moto-api/reset"  # always http://127.0.0.1:<port>
+        request = urllib.request.Request(url, method="POST")  # noqa: S310
+        # An explicit empty ProxyHandler: the closed proxy in the environment must not apply.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=30) as response:
+            response.read()
+        # Rebuild the default region's backend now, so the next request is fast.
+        self.ec2_backend()
+
+    def ec2_backend(self, region: str | None = None) -> Any:
+        """moto's in-process EC2 backend of ``region`` (default account), for direct changes."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+
+        return ec2_backends[DEFAULT_ACCOUNT_ID][region or self.region]
+
+    @staticmethod
+    def images() -> list[dict]:
+        """The image definitions loaded into the cloud (see :mod:`.images`)."""
+        return ubuntu_images()
+
+    # -- moto configuration ------------------------------------------------------------------
+
+    def _configure_moto(self, amis_path: Path) -> None:
+        """Switch validation on and load our images, before and after moto's imports."""
+        wanted = {"MOTO_AMIS_PATH": str(amis_path)}
+        if self._validation:
+            wanted.update({name: "true" for name in _MOTO_SWITCHES})
+        for name, value in wanted.items():
+            self._saved_environ[name] = os.environ.get(name)
+            os.environ[name] = value
+
+        # Imported only now, so that a first import already sees the environment above.
+        import moto.ec2.models.amis as amis_module
+        import moto.settings as moto_settings
+
+        # moto may have been imported before (e.g. by another test module): patch its globals.
+        for attribute in _MOTO_SWITCHES.values():
+            self._saved_settings[attribute] = getattr(moto_settings, attribute)
+            setattr(moto_settings, attribute, self._validation)
+        self._saved_amis = amis_module.AMIS
+        amis_module.AMIS = json.loads(amis_path.read_text())
+
+    def _restore_moto(self) -> None:
+        """Undo :meth:`_configure_moto`, so later code in this process sees moto's defaults."""
+        for name, value in self._saved_environ.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_environ = {}
+        if self._saved_settings:
+            import moto.settings as moto_settings
+
+            for attribute, value in self._saved_settings.items():
+                setattr(moto_settings, attribute, value)
+            self._saved_settings = {}
+        if self._saved_amis is not None:
+            import moto.ec2.models.amis as amis_module
+
+            amis_module.AMIS = self._saved_amis
+            self._saved_amis = None
