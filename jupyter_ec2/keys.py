@@ -83,12 +83,10 @@ def write_private_file(path: Path, text: str) -> None:
     """Create ``path`` with mode 0600 in one step; never overwrite, never world-readable."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        # The umask can only remove bits, but be explicit in case the file system adds some.
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+    # The umask can only remove bits, but be explicit in case the file system adds some.
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(text.encode())
 
 
 def check_private_file(path: Path) -> None:
