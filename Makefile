@@ -87,9 +87,10 @@ $(IMAGE_PY):
 	$(SIM_DIR)/image-python/bin/pip install -q jupyter_server ipykernel
 	chmod -R a+rX $(SIM_DIR)
 
-$(WHEELS)/.done: $(VENV)/.base
+# Downloaded by the image's interpreter, so the wheels fit its Python (Debian's, not the venv's).
+$(WHEELS)/.done: $(IMAGE_PY)
 	mkdir -p $(WHEELS)
-	$(PIP) download -q -d $(WHEELS) jupyterlab
+	$(SIM_DIR)/image-python/bin/pip download -q -d $(WHEELS) jupyterlab
 	chmod -R a+rX $(SIM_DIR)
 	touch $@
 

@@ -1,0 +1,698 @@
+"""Provisioning over SSH: make a fresh instance a safe Jupyter host, idempotently.
+
+:class:`Provisioner` (a traitlets ``LoggingConfigurable``, configured as ``c.Provisioner.*``)
+connects with the pinned host key (:mod:`.ssh`), uploads ``setup.sh``, ``watchdog.py`` and a JSON
+parameter file (:mod:`.params`) with SFTP, runs the script as root (through ``sudo`` when the
+login user is not root) and streams its step markers back as progress. The script creates the
+notebook user, prepares the Python environment, writes the Jupyter config (loopback only, a
+random token), starts the server as a service, checks it answers, and starts the idle watchdog.
+
+Every call is synchronous; the manager runs it in a worker thread. Every input is validated
+before anything connects, so a bad value fails with a
+:class:`~jupyter_ec2.errors.ValidationError` naming the field and nothing runs on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import secrets
+import shlex
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import paramiko
+from traitlets import Bool, Dict, Float, Int, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+from ..errors import SSHError, ValidationError
+from ..models import validate_environment, validate_idle_stop_minutes
+from . import params as _params
+from .params import (
+    new_token,
+    remote_base_url,
+    remote_paths,
+    validate_abs_path,
+    validate_instance_id,
+    validate_password_hash,
+    validate_port,
+    validate_seconds,
+    validate_stop_command,
+    validate_token,
+    validate_user_name,
+)
+from .ssh import (
+    CommandResult,
+    ConnectFacts,
+    ConnectFailure,
+    SSHConnectError,
+    SSHConnection,
+    SSHTarget,
+    connect,
+    diagnose,
+)
+
+#: What a dropped or refusing SSH session raises from paramiko's SFTP and channels.
+_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException)
+
+#: Progress callback: ``on_progress(step, percent, text)``.
+ProgressCallback = Callable[[str, int, str], None]
+
+#: What each step of ``setup.sh`` does, in the words the user sees.
+STEP_LABELS = {
+    "connect": "Connecting over SSH",
+    "upload": "Uploading the setup script",
+    "cloud-init": "Waiting for cloud-init to finish",
+    "user": "Setting up the notebook user",
+    "environment": "Preparing the Python environment",
+    "notebooks": "Creating ~/notebooks",
+    "tls": "Setting up TLS",
+    "config": "Writing the Jupyter config",
+    "service": "Running Jupyter as a service",
+    "ready": "Checking that Jupyter answers",
+    "watchdog": "Setting up idle auto-stop",
+}
+
+_UNCHANGED_TEXT = {
+    "cloud-init": "cloud-init is done",
+    "ready": "Jupyter answers with the token",
+}
+
+#: The steps of ``setup.sh`` in order.
+SCRIPT_STEPS = (
+    "cloud-init",
+    "user",
+    "environment",
+    "notebooks",
+    "tls",
+    "config",
+    "service",
+    "ready",
+    "watchdog",
+)
+
+
+class ProvisionError(SSHError):
+    """A provisioning step failed; ``step`` names it, ``output`` holds its last output lines."""
+
+    def __init__(self, step: str, message: str, output: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.step = step
+        self.output = output
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    """What provisioning left on the instance.
+
+    ``port`` is the remote server's port on the instance's loopback, ``token`` its token (keep
+    it 0600, never log it), ``tls_fingerprint`` the SHA-256 fingerprint of its certificate
+    (``AB:CD:…``) when TLS is on, ``steps`` every step run and ``changed_steps`` those that
+    changed something (empty on a re-run over a provisioned host), ``log_lines`` the script's
+    output with the token redacted.
+    """
+
+    port: int
+    token: str = field(repr=False)
+    base_url: str
+    tls_fingerprint: str | None
+    steps: tuple[str, ...]
+    changed_steps: tuple[str, ...]
+    log_lines: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def changed(self) -> bool:
+        """Whether this run changed anything on the instance."""
+        return bool(self.changed_steps)
+
+
+@dataclass(frozen=True)
+class IdleStatus:
+    """The idle watchdog's report, as last written on the instance.
+
+    Times are Unix times on the instance's clock; ``read_at`` is this machine's clock when the
+    file was read, so :meth:`seconds_left` works even when the two clocks differ.
+    """
+
+    enabled: bool
+    idle_stop_minutes: float
+    idle_since: float | None
+    stops_at: float | None
+    now: float
+    busy: bool
+    server_up: bool
+    kernels: int
+    terminals: int
+    read_at: float
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field of the status file as written (dict-style, for callers that want it raw)."""
+        return self.raw.get(key, default)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], read_at: float | None = None) -> IdleStatus:
+        """Parse the watchdog's status file."""
+
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return float(value) if isinstance(value, (int, float)) else None
+
+        return cls(
+            enabled=bool(data.get("enabled")),
+            idle_stop_minutes=number("idle_stop_minutes") or 0.0,
+            idle_since=number("idle_since"),
+            stops_at=number("stops_at"),
+            now=number("now") or 0.0,
+            busy=bool(data.get("busy")),
+            server_up=data.get("server") == "up",
+            kernels=int(data.get("kernels") or 0),
+            terminals=int(data.get("terminals") or 0),
+            read_at=time.time() if read_at is None else read_at,
+            raw=dict(data),
+        )
+
+    def seconds_left(self, at: float | None = None) -> float | None:
+        """Seconds until the instance stops itself if it stays idle; None when auto-stop is off."""
+        if not self.enabled or self.stops_at is None:
+            return None
+        at = time.time() if at is None else at
+        return max(0.0, self.stops_at - self.now - max(0.0, at - self.read_at))
+
+    def minutes_left(self, at: float | None = None) -> float | None:
+        """:meth:`seconds_left` in minutes."""
+        seconds = self.seconds_left(at)
+        return None if seconds is None else seconds / 60.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON shape for the REST API (times as Unix times on the instance's clock)."""
+        return {
+            "enabled": self.enabled,
+            "idle_stop_minutes": self.idle_stop_minutes,
+            "idle_since": self.idle_since,
+            "stops_at": self.stops_at,
+            "busy": self.busy,
+            "seconds_left": self.seconds_left(),
+        }
+
+
+def _resource(name: str) -> bytes:
+    return resources.files(__package__).joinpath(name).read_bytes()
+
+
+class _ScriptOutput:
+    """Parses ``setup.sh``'s output: markers become progress, other lines become log lines."""
+
+    def __init__(self, on_progress: ProgressCallback | None, secrets_: list[str], tail: int):
+        self.on_progress = on_progress
+        self.secrets = [s for s in secrets_ if s]
+        self.step = "start"
+        self.percent = 0
+        self.steps: list[str] = []
+        self.changed: list[str] = []
+        self.results: dict[str, str] = {}
+        self.failed_step: str | None = None
+        self.ended = False
+        self.lines: list[str] = []
+        self.tail: deque[str] = deque(maxlen=tail)
+
+    def redact(self, line: str) -> str:
+        for secret in self.secrets:
+            line = line.replace(secret, "<token>")
+        return line
+
+    def progress(self, text: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.step, self.percent, text)
+
+    def feed(self, raw: str) -> None:
+        line = self.redact(raw)
+        words = line.split()
+        if line.startswith("::step ") and len(words) == 3:
+            self.step = words[1]
+            self.percent = int(words[2]) if words[2].isdigit() else self.percent
+            self.tail.clear()
+            self.progress(STEP_LABELS.get(self.step, self.step) + "…")
+        elif line.startswith("::done ") and len(words) == 3:
+            name, outcome = words[1], words[2]
+            self.steps.append(name)
+            if outcome == "changed":
+                self.changed.append(name)
+            label = STEP_LABELS.get(name, name)
+            if outcome == "changed":
+                self.progress(f"{label}: done")
+            else:
+                self.progress(_UNCHANGED_TEXT.get(name, f"{label}: already done"))
+        elif line.startswith("::result ") and len(words) >= 3:
+            self.results[words[1]] = line.split(None, 2)[2]
+        elif line.startswith("::fail ") and len(words) >= 2:
+            self.failed_step = words[1]
+        elif line.strip() == "::end":
+            self.ended = True
+            self.percent = 100
+        else:
+            self.lines.append(line)
+            self.tail.append(line)
+            self.progress(line)
+
+    def reason(self) -> str:
+        for line in reversed(self.tail):
+            if line.startswith("error: "):
+                return line[len("error: ") :]
+        for line in reversed(self.tail):
+            if line.strip():
+                return line.strip()
+        return "the step failed without saying why"
+
+
+class Provisioner(LoggingConfigurable):
+    """Makes an instance a Jupyter host over SSH: user, environment, config, service, auto-stop."""
+
+    login_user = Unicode(
+        "ubuntu",
+        help="The image's default user that SSH logs in as (Ubuntu images: 'ubuntu'). "
+        "A User in ssh_config_file takes precedence. sudo is used only when it is not root.",
+    ).tag(config=True)
+
+    notebook_user = Unicode(
+        "jupyter",
+        help="The user created on the instance to run Jupyter: no password, the managed key "
+        "authorized, no sudo unless notebook_user_sudo. Never root unless "
+        "allow_root_notebook_user.",
+    ).tag(config=True)
+
+    allow_root_notebook_user = Bool(
+        False, help="Allow notebook_user = 'root' (Jupyter then runs with allow_root)."
+    ).tag(config=True)
+
+    notebook_user_sudo = Bool(
+        False, help="Give the notebook user passwordless sudo on the instance."
+    ).tag(config=True)
+
+    environment = Dict(
+        help="How Python and Jupyter get onto the instance: "
+        "{'kind': 'pip', 'packages': [...]} (a venv; uv when present), "
+        "{'kind': 'conda', 'packages': [...], 'installer_url': ...} (Miniforge), or "
+        "{'kind': 'existing', 'python': '/abs/path'} (must import jupyter_server). "
+        "jupyterlab is always added to pip and conda packages. A profile may override it.",
+    ).tag(config=True)
+
+    wheel_dir = Unicode(
+        None,
+        allow_none=True,
+        help="A directory of wheels on the instance: the pip kind then installs only from it "
+        "(pip --no-index --find-links DIR), for offline images and tests.",
+    ).tag(config=True)
+
+    idle_stop_minutes = Float(
+        60,
+        help="Stop the instance after this many minutes without kernel or terminal activity "
+        "(fractions allowed); 0 turns idle auto-stop off. A profile may override it.",
+    ).tag(config=True)
+
+    idle_stop_command = Unicode(
+        "sudo shutdown -h now",
+        help="What the instance's watchdog runs when idle: split into words like a shell "
+        "would, run without one, as root.",
+    ).tag(config=True)
+
+    ssh_config_file = Unicode(
+        None,
+        allow_none=True,
+        help="An OpenSSH-style config file consulted for every host (HostName, Port, User, "
+        "IdentityFile, ProxyJump, UserKnownHostsFile for jump hosts).",
+    ).tag(config=True)
+
+    connect_timeout = Float(
+        300,
+        help="Seconds to keep trying to reach a booting instance over SSH before giving up "
+        "with a diagnosis.",
+    ).tag(config=True)
+
+    script_timeout = Float(
+        3600,
+        help="Seconds the provisioning script may run (package installs included).",
+    ).tag(config=True)
+
+    ready_timeout = Float(
+        120, help="Seconds to wait for the remote Jupyter server to answer after it starts."
+    ).tag(config=True)
+
+    remote_port = Int(
+        0,
+        help="The remote server's port on the instance's loopback; 0 picks a free one (kept "
+        "across re-runs).",
+    ).tag(config=True)
+
+    tls = Bool(
+        False,
+        help="Serve the remote Jupyter over HTTPS with a self-signed certificate for "
+        "127.0.0.1/localhost (its fingerprint is returned for pinning). Off by default: the "
+        "server listens on loopback and is reached only through SSH.",
+    ).tag(config=True)
+
+    password_hash = Unicode(
+        None,
+        allow_none=True,
+        help="An argon2 password hash from jupyter_server.auth.passwd() for the remote "
+        "server, in addition to the token; SHA-1 hashes are refused.",
+    ).tag(config=True)
+
+    kernel_cull_idle_seconds = Float(
+        0,
+        help="Shut down kernels idle for this many seconds on the remote server (0 = never).",
+    ).tag(config=True)
+
+    log_tail_lines = Int(
+        40, help="How many output lines of a failed step its error keeps."
+    ).tag(config=True)
+
+    # -- defaults and validation ----------------------------------------------------------------
+
+    @default("environment")
+    def _default_environment(self) -> dict:
+        return {"kind": "pip", "packages": ["jupyterlab"]}
+
+    @validate("login_user")
+    def _check_login_user(self, proposal: Any) -> str:
+        return validate_user_name(proposal["value"], "login_user", allow_root=True)
+
+    @validate("notebook_user")
+    def _check_notebook_user(self, proposal: Any) -> str:
+        # Whether root is allowed is decided at use, when allow_root_notebook_user is known.
+        return validate_user_name(proposal["value"], "notebook_user", allow_root=True)
+
+    @validate("environment")
+    def _check_environment(self, proposal: Any) -> dict:
+        return validate_environment(proposal["value"])
+
+    @validate("wheel_dir")
+    def _check_wheel_dir(self, proposal: Any) -> str | None:
+        value = proposal["value"]
+        return None if value is None else validate_abs_path(value, "wheel_dir")
+
+    @validate("idle_stop_minutes")
+    def _check_idle_minutes(self, proposal: Any) -> float:
+        return float(validate_idle_stop_minutes(proposal["value"]))
+
+    @validate("idle_stop_command")
+    def _check_stop_command(self, proposal: Any) -> str:
+        validate_stop_command(proposal["value"])
+        return proposal["value"]
+
+    @validate("ssh_config_file")
+    def _check_ssh_config(self, proposal: Any) -> str | None:
+        value = proposal["value"]
+        if value is None or value == "":
+            return None
+        if "\0" in value or "\n" in value:
+            raise ValidationError("ssh_config_file", "ssh_config_file must be a file path.")
+        return os.path.expanduser(value)
+
+    @validate("connect_timeout", "script_timeout", "ready_timeout")
+    def _check_timeouts(self, proposal: Any) -> float:
+        return float(validate_seconds(proposal["value"], proposal["trait"].name, minimum=0.1))
+
+    @validate("remote_port")
+    def _check_port(self, proposal: Any) -> int:
+        return validate_port(proposal["value"])
+
+    @validate("password_hash")
+    def _check_password_hash(self, proposal: Any) -> str | None:
+        return validate_password_hash(proposal["value"])
+
+    @validate("kernel_cull_idle_seconds")
+    def _check_cull(self, proposal: Any) -> float:
+        return float(validate_seconds(proposal["value"], "kernel_cull_idle_seconds"))
+
+    @validate("log_tail_lines")
+    def _check_tail(self, proposal: Any) -> int:
+        value = proposal["value"]
+        if not 1 <= value <= 1000:
+            raise ValidationError("log_tail_lines", "log_tail_lines must be from 1 to 1000.")
+        return value
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def build_params(
+        self,
+        target: SSHTarget,
+        instance_id: str,
+        base_url: str,
+        *,
+        token: str,
+        environment: Mapping[str, Any] | None = None,
+        idle_stop_minutes: float | None = None,
+        remote_port: int | None = None,
+        fast: bool = False,
+    ) -> dict[str, Any]:
+        """The validated parameter file for ``setup.sh`` (raises ValidationError, runs nothing)."""
+        if not isinstance(target, SSHTarget):
+            raise ValidationError("target", "target must be an SSHTarget.")
+        return _params.build_params(
+            instance_id=instance_id,
+            base_url=base_url,
+            token=token,
+            authorized_keys=[target.client_key.public_openssh],
+            login_user=self.login_user,
+            notebook_user=self.notebook_user,
+            allow_root_notebook_user=self.allow_root_notebook_user,
+            notebook_user_sudo=self.notebook_user_sudo,
+            environment=self.environment if environment is None else environment,
+            wheel_dir=self.wheel_dir,
+            port=self.remote_port if remote_port is None else remote_port,
+            password_hash=self.password_hash,
+            tls=self.tls,
+            idle_stop_minutes=(
+                self.idle_stop_minutes if idle_stop_minutes is None else idle_stop_minutes
+            ),
+            idle_stop_command=self.idle_stop_command,
+            kernel_cull_idle_seconds=self.kernel_cull_idle_seconds,
+            ready_timeout=self.ready_timeout,
+            fast=fast,
+        )
+
+    def connect(
+        self,
+        target: SSHTarget,
+        *,
+        facts: ConnectFacts | Callable[[], ConnectFacts | None] | None = None,
+        timeout: float | None = None,
+        on_retry: Callable[[ConnectFailure], None] | None = None,
+    ) -> SSHConnection:
+        """An SSH session to ``target`` with its pinned host key (see :func:`.ssh.connect`)."""
+        return connect(
+            target,
+            ssh_config_file=self.ssh_config_file,
+            default_user=self.login_user,
+            timeout=self.connect_timeout if timeout is None else timeout,
+            facts=facts,
+            on_retry=on_retry,
+        )
+
+    def provision(
+        self,
+        target: SSHTarget,
+        instance_id: str,
+        base_url: str,
+        on_progress: ProgressCallback | None = None,
+        *,
+        token: str | None = None,
+        environment: Mapping[str, Any] | None = None,
+        idle_stop_minutes: float | None = None,
+        remote_port: int | None = None,
+        facts: ConnectFacts | Callable[[], ConnectFacts | None] | None = None,
+        fast: bool = False,
+    ) -> ProvisionResult:
+        """Provision ``instance_id`` at ``target``; safe to repeat (unchanged steps say so).
+
+        ``token`` is the remote server's token from an earlier run (a new one is made when
+        None, which rewrites the config); ``environment`` and ``idle_stop_minutes`` override
+        the configured ones (a launch profile's values), ``remote_port`` the configured port
+        (None: the trait; 0: a free port, the same one as last time when it is still free).
+        ``on_progress(step, percent, text)`` receives every step and output line.
+
+        Raises ValidationError before connecting, HostKeyMismatchError / SSHConnectError when
+        no trusted session comes up, and ProvisionError naming the failed step.
+        """
+        token = new_token() if token is None else validate_token(token)
+        parameters = self.build_params(
+            target,
+            instance_id,
+            base_url,
+            token=token,
+            environment=environment,
+            idle_stop_minutes=idle_stop_minutes,
+            remote_port=remote_port,
+            fast=fast,
+        )
+        payload = _params.params_json(parameters)
+        script, watchdog = _resource("setup.sh"), _resource("watchdog.py")
+        output = _ScriptOutput(on_progress, [token], self.log_tail_lines)
+
+        output.step, output.percent = "connect", 1
+        output.progress(STEP_LABELS["connect"] + "…")
+
+        def retrying(failure: ConnectFailure) -> None:
+            output.progress(f"SSH is not reachable yet ({failure.detail}); trying again")
+
+        with self.connect(target, facts=facts, on_retry=retrying) as conn:
+            output.step, output.percent = "upload", 3
+            output.progress(STEP_LABELS["upload"] + "…")
+            files = {"setup.sh": script, "watchdog.py": watchdog, "params.json": payload}
+            result = self._run_script(conn, instance_id, files, output)
+
+        if result.exit_status != 0 or not output.ended:
+            step = output.failed_step or output.step
+            if step == "start":
+                step = "upload"  # sudo or the shell refused before the first step
+            raise ProvisionError(
+                step,
+                f"Provisioning failed at step '{step}': {output.reason()}",
+                tuple(output.tail),
+            )
+        port_text = output.results.get("port", "")
+        if not port_text.isdigit():
+            raise ProvisionError("ready", "The setup script did not report the server's port.")
+        output.step, output.percent = "ready", 100
+        output.progress("Jupyter is ready")
+        return ProvisionResult(
+            port=int(port_text),
+            token=token,
+            base_url=remote_base_url(base_url, instance_id),
+            tls_fingerprint=output.results.get("tls_fingerprint") or None,
+            steps=tuple(output.steps),
+            changed_steps=tuple(output.changed),
+            log_lines=tuple(output.lines),
+        )
+
+    def _run_script(
+        self,
+        conn: SSHConnection,
+        instance_id: str,
+        files: Mapping[str, bytes],
+        output: _ScriptOutput,
+    ) -> CommandResult:
+        """Upload ``files`` to a private staging directory, run ``setup.sh``, clean up."""
+        stage = f"/tmp/jupyter-ec2-{instance_id}-{secrets.token_hex(6)}"
+        script = shlex.quote(f"{stage}/setup.sh")
+        parameters = shlex.quote(f"{stage}/params.json")
+        command = (
+            f'if [ "$(id -u)" = 0 ]; then exec /bin/bash {script} {parameters}; '
+            f"else exec sudo -n /bin/bash {script} {parameters}; fi"
+        )
+        try:
+            sftp = conn.open_sftp()
+        except _TRANSPORT_ERRORS as err:
+            raise ProvisionError("upload", f"Could not open SFTP on the instance: {err}") from None
+        try:
+            try:
+                sftp.mkdir(stage, 0o700)  # fails if it exists: nobody else's directory is used
+                for name, data in files.items():
+                    sftp.putfo(io.BytesIO(data), f"{stage}/{name}", confirm=True)
+                    sftp.chmod(f"{stage}/{name}", 0o600)
+            except _TRANSPORT_ERRORS as err:
+                raise ProvisionError(
+                    "upload", f"Could not upload the setup files: {err}"
+                ) from None
+            try:
+                return conn.run(command, on_line=output.feed, timeout=self.script_timeout)
+            except SSHError as err:
+                raise ProvisionError(
+                    output.step,
+                    f"Provisioning stopped at step '{output.step}': {err.message}",
+                    tuple(output.tail),
+                ) from None
+        finally:
+            for name in files:
+                with contextlib.suppress(*_TRANSPORT_ERRORS):
+                    sftp.remove(f"{stage}/{name}")
+            with contextlib.suppress(*_TRANSPORT_ERRORS):
+                sftp.rmdir(stage)
+            with contextlib.suppress(*_TRANSPORT_ERRORS):
+                sftp.close()
+
+    def ensure_running(
+        self,
+        target: SSHTarget,
+        instance_id: str,
+        base_url: str,
+        token: str,
+        on_progress: ProgressCallback | None = None,
+        *,
+        environment: Mapping[str, Any] | None = None,
+        idle_stop_minutes: float | None = None,
+        remote_port: int | None = None,
+        facts: ConnectFacts | Callable[[], ConnectFacts | None] | None = None,
+    ) -> ProvisionResult:
+        """The fast re-run after a start: same steps, skipping cloud-init and slow checks.
+
+        Starts the server and the watchdog when they are not running (after a stop/start
+        nothing else may have started them); changes nothing else when nothing else changed.
+        """
+        return self.provision(
+            target,
+            instance_id,
+            base_url,
+            on_progress,
+            token=token,
+            environment=environment,
+            idle_stop_minutes=idle_stop_minutes,
+            remote_port=remote_port,
+            facts=facts,
+            fast=True,
+        )
+
+    def read_idle_status(
+        self,
+        target: SSHTarget,
+        instance_id: str,
+        *,
+        facts: ConnectFacts | Callable[[], ConnectFacts | None] | None = None,
+        timeout: float = 30.0,
+    ) -> IdleStatus | None:
+        """The watchdog's last report, or None when the instance has none (auto-stop off or
+        not provisioned)."""
+        path = remote_paths(validate_instance_id(instance_id)).status_file
+        with self.connect(target, facts=facts, timeout=timeout) as conn:
+            sftp = conn.open_sftp()
+            try:
+                with sftp.open(path, "r") as f:
+                    data = f.read(64 * 1024)
+            except FileNotFoundError:
+                return None
+            except OSError as err:
+                raise SSHError(f"Could not read the idle status: {err}") from None
+            finally:
+                sftp.close()
+        read_at = time.time()
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            return None
+        return IdleStatus.from_json(parsed, read_at) if isinstance(parsed, dict) else None
+
+
+__all__ = [
+    "STEP_LABELS",
+    "SCRIPT_STEPS",
+    "ConnectFacts",
+    "ConnectFailure",
+    "IdleStatus",
+    "ProgressCallback",
+    "ProvisionError",
+    "ProvisionResult",
+    "Provisioner",
+    "SSHConnectError",
+    "SSHConnection",
+    "SSHTarget",
+    "diagnose",
+    "new_token",
+    "remote_paths",
+]

@@ -1,0 +1,789 @@
+#!/usr/bin/env bash
+# jupyter-ec2: make this host serve one instance's Jupyter server, idempotently.
+#
+# Shipped in the jupyter_ec2 package, uploaded with a JSON parameter file (and watchdog.py next
+# to it) and run as root (through sudo when the login user is not root):
+#
+#   setup.sh PARAMS.json                    provision; a second run changes nothing and says so
+#   setup.sh --print-params PARAMS.json     print the parameters as this script holds them (JSON)
+#   setup.sh --supervise STATE_DIR PYTHON   (internal) keep the server running, as the notebook user
+#
+# Output, one marker per line among the commands' own output:
+#   ::step NAME PERCENT            a step begins
+#   ::done NAME changed|unchanged  a step ends
+#   ::result KEY VALUE             a value for the caller (port, tls_fingerprint)
+#   ::fail NAME CODE               the step failed; the lines before say why
+#   ::end                          everything succeeded
+#
+# Every value comes from the parameter file as data. No value is ever evaluated as shell code:
+# values are read by python3's json module, passed NUL-separated into an array, and only ever
+# used as single words (arguments, file contents), never spliced into a command string.
+set -euo pipefail
+umask 077
+
+STD_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+if [[ -z ${JEC2_CLEAN_ENV:-} ]]; then
+  # A clean, predictable environment: no PYTHONPATH, pyenv, proxies or pip settings leak in.
+  exec /usr/bin/env -i JEC2_CLEAN_ENV=1 PATH="$STD_PATH" LANG=C.UTF-8 LC_ALL=C.UTF-8 \
+    HOME="${HOME:-/}" USER="${USER:-}" LOGNAME="${LOGNAME:-}" /bin/bash "$0" "$@"
+fi
+
+STATE_ROOT=/var/lib/jupyter-ec2
+
+# -- reading the parameter file --------------------------------------------------------------
+
+# Flattens the JSON into key NUL value NUL pairs (see jupyter_ec2.provision.params.flatten_params).
+FLATTEN_PY='
+import json, sys
+with open(sys.argv[1], "rb") as f:
+    data = json.load(f)
+if not isinstance(data, dict) or data.get("version") != 1:
+    sys.exit("error: unsupported parameter file version")
+out = []
+def walk(prefix, value):
+    if isinstance(value, dict):
+        for key in sorted(value):
+            walk(prefix + [str(key)], value[key])
+    elif isinstance(value, list):
+        out.append((".".join(prefix + ["#"]), str(len(value))))
+        for index, item in enumerate(value):
+            walk(prefix + [str(index)], item)
+    elif value is True:
+        out.append((".".join(prefix), "true"))
+    elif value is False:
+        out.append((".".join(prefix), "false"))
+    elif value is None:
+        out.append((".".join(prefix), ""))
+    elif isinstance(value, str):
+        out.append((".".join(prefix), value))
+    else:
+        out.append((".".join(prefix), json.dumps(value)))
+walk([], data)
+buf = sys.stdout.buffer
+for key, value in out:
+    if "\0" in key or "\0" in value or not key:
+        sys.exit("error: a parameter holds a NUL character")
+    buf.write(key.encode("utf-8") + b"\0" + value.encode("utf-8") + b"\0")
+buf.write(b"::end\0\0")
+'
+
+declare -A P=()
+load_params() {
+  local key value complete=""
+  while IFS= read -r -d '' key && IFS= read -r -d '' value; do
+    if [[ $key == "::end" ]]; then complete=1; break; fi
+    P["$key"]=$value
+  done < <(python3 -c "$FLATTEN_PY" "$1")
+  [[ -n $complete ]] || die "could not read the parameter file"
+}
+
+print_params() {
+  load_params "$1"
+  local args=() key
+  for key in "${!P[@]}"; do args+=("$key" "${P[$key]}"); done
+  python3 -c '
+import json, sys
+a = sys.argv[1:]
+print(json.dumps(dict(zip(a[0::2], a[1::2])), sort_keys=True))
+' "${args[@]}"
+}
+
+# -- small python helpers (stdlib only, run by the system python3, never by the environment's) --
+
+ENSURE_KEYS_PY='
+import os, sys
+path, keys = sys.argv[1], sys.argv[2:]
+os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+try:
+    with open(path) as f:
+        have = f.read().splitlines()
+except FileNotFoundError:
+    have = None
+present = set()
+for line in have or []:
+    words = line.split()
+    for i in range(len(words) - 1):
+        present.add((words[i], words[i + 1]))
+missing = [k for k in keys if tuple(k.split()[:2]) not in present]
+changed = False
+if have is None or missing:
+    tmp = path + ".jupyter-ec2.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in (have or []) + missing))
+    os.replace(tmp, path)
+    changed = True
+if os.stat(path).st_mode & 0o077:
+    os.chmod(path, 0o600)
+    changed = True
+print("changed" if changed else "unchanged")
+'
+
+RENDER_CONFIG_PY='
+import json, sys
+params_file, port, home = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(params_file) as f:
+    config = json.load(f)["jupyter_config"]
+app = config["ServerApp"]
+app["port"] = port
+root = app.get("root_dir", "~/notebooks")
+if root == "~" or root.startswith("~/"):
+    root = home + root[1:]
+app["root_dir"] = root
+sys.stdout.write(json.dumps(config, indent=1, sort_keys=True) + "\n")
+'
+
+RENDER_JSON_PY='
+import json, sys
+params_file, what, state = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(params_file) as f:
+    p = json.load(f)
+if what == "environment":
+    out = {"environment": p["environment"], "wheel_dir": p["wheel_dir"], "python": sys.argv[4]}
+else:
+    out = {
+        "instance_id": p["instance_id"],
+        "config_file": state + "/jupyter_server_config.json",
+        "status_file": state + "/idle-status.json",
+        "pid_file": state + "/watchdog.pid",
+        "idle_stop_minutes": p["idle_stop_minutes"],
+        "command": p["idle_stop_command"],
+    }
+sys.stdout.write(json.dumps(out, indent=1, sort_keys=True) + "\n")
+'
+
+CONFIG_PORT_PY='
+import json, sys
+try:
+    with open(sys.argv[1]) as f:
+        print(int(json.load(f)["ServerApp"]["port"]))
+except Exception:
+    print("")
+'
+
+FREE_PORT_PY='
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is fine
+if len(sys.argv) > 1:
+    try:
+        s.bind(("127.0.0.1", int(sys.argv[1])))
+    except OSError:
+        sys.exit(1)
+else:
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+s.close()
+'
+
+READY_PY='
+import json, ssl, sys, time, urllib.error, urllib.request
+config_file, timeout = sys.argv[1], float(sys.argv[2])
+with open(config_file) as f:
+    config = json.load(f)
+app = config["ServerApp"]
+token = config["IdentityProvider"]["token"]
+port = int(app["port"])
+handlers = [urllib.request.ProxyHandler({})]
+scheme = "http"
+if app.get("certfile"):
+    scheme = "https"
+    handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=app["certfile"])))
+opener = urllib.request.build_opener(*handlers)
+url = "%s://127.0.0.1:%d%sapi/status" % (scheme, port, app["base_url"])
+def get(with_token):
+    request = urllib.request.Request(url)
+    if with_token:
+        request.add_header("Authorization", "token " + token)
+    try:
+        with opener.open(request, timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
+deadline = time.monotonic() + timeout
+last = "no answer"
+while True:
+    try:
+        status, body = get(True)
+        if status == 200 and b"started" in body:
+            break
+        last = "HTTP %d" % status
+    except Exception as err:
+        last = str(err)
+    if time.monotonic() > deadline:
+        print("error: the Jupyter server did not answer on 127.0.0.1:%d within %d s (%s)" % (port, timeout, last))
+        sys.exit(1)
+    time.sleep(0.2)
+status, _ = get(False)
+if status not in (401, 403):
+    print("error: the Jupyter server answered without the token (HTTP %d)" % status)
+    sys.exit(1)
+print("the Jupyter server answers on 127.0.0.1:%d with the token and refuses requests without it" % port)
+'
+
+# -- output and bookkeeping ------------------------------------------------------------------
+
+CURRENT_STEP=start
+STEP_CHANGED=0
+FILE_CHANGED=0
+
+die() {
+  echo "error: $*"
+  exit 1
+}
+
+step() {
+  CURRENT_STEP=$1
+  STEP_CHANGED=0
+  echo "::step $1 $2"
+}
+
+changed() { STEP_CHANGED=1; }
+
+step_done() {
+  if ((STEP_CHANGED)); then
+    echo "::done $CURRENT_STEP changed"
+  else
+    echo "::done $CURRENT_STEP unchanged"
+  fi
+}
+
+on_exit() {
+  local code=$?
+  [[ -n ${WORK:-} ]] && rm -rf -- "$WORK"
+  if ((code != 0)); then echo "::fail $CURRENT_STEP $code"; fi
+}
+
+# install_file SRC DEST MODE UID:GID — put SRC's content at DEST atomically (DEST's directory
+# must be root's); sets FILE_CHANGED and marks the step changed when anything differs.
+install_file() {
+  local src=$1 dest=$2 mode=$3 owner=$4 tmp
+  tmp=$(mktemp "${dest%/*}/.jupyter-ec2.XXXXXX")
+  cat -- "$src" >"$tmp"
+  chown -- "$owner" "$tmp"
+  chmod -- "$mode" "$tmp"
+  if [[ -f $dest && ! -L $dest ]] && cmp -s -- "$tmp" "$dest" &&
+    [[ $(stat -c '%a %u %g' -- "$dest") == "$(stat -c '%a %u %g' -- "$tmp")" ]]; then
+    rm -f -- "$tmp"
+    FILE_CHANGED=0
+  else
+    mv -f -- "$tmp" "$dest"
+    FILE_CHANGED=1
+    changed
+  fi
+}
+
+# alive PID — the process exists and is not a zombie.
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*") "}
+  [[ ${stat:0:1} != Z ]]
+}
+
+# pid_alive PIDFILE — the PID in the file is alive and its command line names this instance.
+pid_alive() {
+  local pid cmdline
+  [[ -f $1 ]] || return 1
+  pid=$(head -c 20 -- "$1" 2>/dev/null | tr -dc 0-9) || return 1
+  [[ -n $pid ]] && alive "$pid" || return 1
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmdline == *"$STATE"* ]]
+}
+
+# stop_pidfile PIDFILE — end that process (TERM, then KILL after 15 s).
+stop_pidfile() {
+  local pid i
+  pid_alive "$1" || return 0
+  pid=$(head -c 20 -- "$1" | tr -dc 0-9)
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 150; i++)); do
+    alive "$pid" || return 0
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# as_user CMD... — run CMD as the notebook user, in its home, with a clean environment.
+as_user() {
+  (cd "$NB_HOME" 2>/dev/null || cd /; exec "${AS_USER[@]}" "$@")
+}
+
+have_systemd() { [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; }
+
+check_unit_word() {
+  [[ $1 =~ ^/[A-Za-z0-9._+/-]+$ ]] || die "the path $1 cannot go into a systemd unit"
+}
+
+# -- the steps -------------------------------------------------------------------------------
+
+step_cloud_init() {
+  step cloud-init 5
+  if [[ $FAST != true ]] && command -v cloud-init >/dev/null; then
+    echo "waiting for cloud-init to finish"
+    timeout 900 cloud-init status --wait >/dev/null ||
+      echo "cloud-init reported a problem; carrying on"
+  fi
+  step_done
+}
+
+step_user() {
+  step user 10
+  if ! getent passwd "$NB_USER" >/dev/null; then
+    echo "creating the user $NB_USER"
+    useradd --create-home --shell /bin/bash --user-group -- "$NB_USER"
+    # No password ("*": none can match), but not "!" (locked): sshd without PAM refuses locked
+    # accounts even for key logins, and the managed key must log in as this user.
+    usermod -p '*' -- "$NB_USER"
+    changed
+  fi
+  NB_UID=$(id -u -- "$NB_USER")
+  NB_GID=$(id -g -- "$NB_USER")
+  NB_HOME=$(getent passwd "$NB_USER" | cut -d: -f6)
+  [[ -d $NB_HOME ]] || die "the home directory of $NB_USER does not exist"
+  if [[ $NB_USER == root ]]; then
+    AS_USER=(/usr/bin/env -i "HOME=$NB_HOME" USER=root LOGNAME=root SHELL=/bin/bash
+      "PATH=$STD_PATH" LANG=C.UTF-8)
+  else
+    AS_USER=(setpriv "--reuid=$NB_UID" "--regid=$NB_GID" --init-groups
+      /usr/bin/env -i "HOME=$NB_HOME" "USER=$NB_USER" "LOGNAME=$NB_USER" SHELL=/bin/bash
+      "PATH=$STD_PATH" LANG=C.UTF-8)
+  fi
+  if [[ $NB_USER != "${P[login_user]}" && $NB_USER != root ]]; then
+    # The managed key logs in as the notebook user too; no password is ever set.
+    local keys=() i result
+    for ((i = 0; i < ${P[authorized_keys.#]}; i++)); do keys+=("${P[authorized_keys.$i]}"); done
+    result=$(as_user python3 -c "$ENSURE_KEYS_PY" "$NB_HOME/.ssh/authorized_keys" "${keys[@]}")
+    [[ $result == unchanged ]] || changed
+    local sudoers="/etc/sudoers.d/jupyter-ec2-$NB_USER"
+    if [[ ${P[notebook_user_sudo]} == true ]]; then
+      [[ -d /etc/sudoers.d ]] || die "sudo is not installed, so $NB_USER cannot be given sudo"
+      printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$NB_USER" >"$WORK/sudoers"
+      if command -v visudo >/dev/null; then visudo -cqf "$WORK/sudoers"; fi
+      install_file "$WORK/sudoers" "$sudoers" 0440 0:0
+    elif [[ -e $sudoers ]]; then
+      rm -f -- "$sudoers"
+      changed
+    fi
+  fi
+  step_done
+}
+
+ensure_venv_support() {
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    command -v apt-get >/dev/null || die "python3 cannot make virtual environments here"
+    echo "installing python3-venv"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+  fi
+}
+
+install_pip_env() {
+  local venv=$ENV_DIR/venv i packages=() source_args=() pip_env=()
+  for ((i = 0; i < ${P[environment.packages.#]}; i++)); do
+    packages+=("${P[environment.packages.$i]}")
+  done
+  if [[ -n ${P[wheel_dir]} ]]; then
+    [[ -d ${P[wheel_dir]} ]] || die "the wheel directory ${P[wheel_dir]} does not exist"
+    source_args=(--no-index --find-links "${P[wheel_dir]}")
+    pip_env=(PIP_CONFIG_FILE=/dev/null)  # only that directory, whatever the host's pip.conf says
+  fi
+  as_user mkdir -p -m 0700 -- "$ENV_DIR"
+  if command -v uv >/dev/null; then
+    echo "creating a virtual environment with uv"
+    [[ -x $venv/bin/python ]] || as_user env UV_PYTHON_DOWNLOADS=never uv venv --python python3 -- "$venv"
+    as_user env UV_PYTHON_DOWNLOADS=never "${pip_env[@]}" uv pip install --python "$venv/bin/python" \
+      "${source_args[@]}" -- "${packages[@]}"
+  else
+    ensure_venv_support
+    echo "creating a virtual environment with pip"
+    [[ -x $venv/bin/python ]] || as_user python3 -m venv -- "$venv"
+    as_user env "${pip_env[@]}" "$venv/bin/python" -m pip install --disable-pip-version-check \
+      --no-input --progress-bar off "${source_args[@]}" -- "${packages[@]}"
+  fi
+}
+
+install_conda_env() {
+  local prefix=$ENV_DIR/conda url i packages=()
+  for ((i = 0; i < ${P[environment.packages.#]}; i++)); do
+    packages+=("${P[environment.packages.$i]}")
+  done
+  as_user mkdir -p -m 0700 -- "$ENV_DIR"
+  if [[ ! -x $prefix/bin/conda ]]; then
+    url=${P[environment.installer_url]:-}
+    [[ -n $url ]] || url="https://github.com/conda-forge/miniforge/releases/latest/download/Miniforge3-Linux-$(uname -m).sh"
+    echo "downloading Miniforge from $url"
+    as_user curl -fsSL --retry 3 -o "$ENV_DIR/miniforge.sh" -- "$url"
+    echo "installing Miniforge"
+    if [[ -d $prefix ]]; then
+      as_user bash "$ENV_DIR/miniforge.sh" -b -u -p "$prefix"
+    else
+      as_user bash "$ENV_DIR/miniforge.sh" -b -p "$prefix"
+    fi
+    as_user rm -f -- "$ENV_DIR/miniforge.sh"
+  fi
+  echo "installing packages with conda"
+  as_user "$prefix/bin/conda" install --yes --quiet --prefix "$prefix" -c conda-forge -- "${packages[@]}"
+}
+
+step_environment() {
+  step environment 20
+  local kind=${P[environment.kind]} marker="$STATE/environment.json"
+  ENV_DIR=$NB_HOME/.jupyter-ec2/$ID
+  case $kind in
+    existing) PY=${P[environment.python]} ;;
+    pip) PY=$ENV_DIR/venv/bin/python ;;
+    conda) PY=$ENV_DIR/conda/bin/python ;;
+    *) die "unknown environment kind $kind" ;;
+  esac
+  python3 -c "$RENDER_JSON_PY" "$PARAMS" environment "$STATE" "$PY" >"$WORK/environment.json"
+  local same=0
+  if [[ -f $marker ]] && cmp -s -- "$marker" "$WORK/environment.json" && [[ -x $PY ]]; then same=1; fi
+  if [[ $kind == existing ]]; then
+    [[ -e $PY ]] || die "the interpreter $PY does not exist on this host"
+    if ((!same)) || [[ $FAST != true ]]; then
+      as_user "$PY" -c 'import jupyter_server' ||
+        die "the interpreter $PY cannot import jupyter_server: install jupyter_server and ipykernel into it, or use the pip or conda environment kind"
+    fi
+  elif ((!same)) || { [[ $FAST != true ]] && ! as_user "$PY" -c 'import jupyter_server' 2>/dev/null; }; then
+    echo "installing the $kind environment"
+    if [[ $kind == pip ]]; then install_pip_env; else install_conda_env; fi
+    as_user "$PY" -c 'import jupyter_server' ||
+      die "the new $kind environment cannot import jupyter_server"
+  fi
+  install_file "$WORK/environment.json" "$marker" 0644 0:0
+  ENV_CHANGED=$STEP_CHANGED
+  step_done
+}
+
+step_notebooks() {
+  step notebooks 60
+  if [[ ! -d $NB_HOME/notebooks ]]; then
+    as_user mkdir -p -- "$NB_HOME/notebooks"
+    changed
+  fi
+  step_done
+}
+
+step_tls() {
+  step tls 65
+  local dir=$STATE/tls
+  TLS_FINGERPRINT=""
+  if [[ ${P[tls]} == true ]]; then
+    if [[ ! -f $dir/cert.pem || ! -f $dir/key.pem ]] ||
+      ! openssl x509 -checkend 604800 -noout -in "$dir/cert.pem" >/dev/null 2>&1; then
+      echo "making a self-signed certificate for 127.0.0.1 and localhost"
+      install -d -m 0755 -o 0 -g 0 -- "$dir"
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
+        -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>&1
+      install_file "$WORK/key.pem" "$dir/key.pem" 0600 "$NB_UID:$NB_GID"
+      install_file "$WORK/cert.pem" "$dir/cert.pem" 0644 0:0
+    fi
+    chown -- "$NB_UID:$NB_GID" "$dir/key.pem"
+    TLS_FINGERPRINT=$(openssl x509 -noout -fingerprint -sha256 -in "$dir/cert.pem" | cut -d= -f2)
+    echo "::result tls_fingerprint $TLS_FINGERPRINT"
+  elif [[ -e $dir ]]; then
+    rm -rf -- "$dir"
+    changed
+  fi
+  TLS_CHANGED=$STEP_CHANGED
+  step_done
+}
+
+step_config() {
+  step config 70
+  local port=${P[port]}
+  if [[ $port == 0 ]]; then
+    # Keep the port of an earlier run unless something else took it meanwhile.
+    port=$(python3 -c "$CONFIG_PORT_PY" "$CONFIG")
+    if [[ -n $port ]] && ! server_running && ! python3 -c "$FREE_PORT_PY" "$port"; then port=""; fi
+    [[ -n $port ]] || port=$(python3 -c "$FREE_PORT_PY")
+  fi
+  PORT=$port
+  python3 -c "$RENDER_CONFIG_PY" "$PARAMS" "$PORT" "$NB_HOME" >"$WORK/config.json"
+  install_file "$WORK/config.json" "$CONFIG" 0600 "$NB_UID:$NB_GID"
+  CONFIG_CHANGED=$STEP_CHANGED
+  step_done
+}
+
+server_running() {
+  if have_systemd; then
+    systemctl is-active --quiet -- "$SERVICE"
+  else
+    pid_alive "$RUN/supervisor.pid"
+  fi
+}
+
+start_supervisor() {
+  rm -f -- "$RUN/supervisor.pid" "$RUN/server.pid"
+  (
+    cd "$NB_HOME" 2>/dev/null || cd /
+    exec setsid "${AS_USER[@]}" /bin/bash "$STATE/setup.sh" --supervise "$STATE" "$PY"
+  ) </dev/null >/dev/null 2>&1 &
+  local i
+  for ((i = 0; i < 100; i++)); do
+    pid_alive "$RUN/supervisor.pid" && return 0
+    sleep 0.05
+  done
+  die "the supervisor did not start"
+}
+
+step_service() {
+  step service 80
+  local restart=0
+  if ((ENV_CHANGED || TLS_CHANGED || CONFIG_CHANGED)); then restart=1; fi
+  install -d -m 0700 -o "$NB_UID" -g "$NB_GID" -- "$RUN"
+  if [[ $(stat -c '%u' -- "$RUN") != "$NB_UID" ]]; then chown -- "$NB_UID:$NB_GID" "$RUN"; fi
+  if have_systemd; then
+    check_unit_word "$PY"
+    check_unit_word "$NB_HOME"
+    cat >"$WORK/unit" <<EOF
+# Written by jupyter-ec2 for instance $ID.
+[Unit]
+Description=Jupyter server of jupyter-ec2 instance $ID
+After=network.target
+
+[Service]
+Type=simple
+User=$NB_UID
+Group=$NB_GID
+WorkingDirectory=$NB_HOME
+Environment=JUPYTER_RUNTIME_DIR=$RUN/runtime
+ExecStart=$PY -m jupyter_server --config=$CONFIG
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+EOF
+    install_file "$WORK/unit" "/etc/systemd/system/$SERVICE.service" 0644 0:0
+    if ((FILE_CHANGED)); then
+      systemctl daemon-reload
+      restart=1
+    fi
+    if ! systemctl is-enabled --quiet -- "$SERVICE"; then
+      systemctl enable --quiet -- "$SERVICE"
+      changed
+    fi
+    if ((restart)) && systemctl is-active --quiet -- "$SERVICE"; then
+      echo "restarting the Jupyter server"
+      systemctl restart -- "$SERVICE"
+      changed
+    elif ! systemctl is-active --quiet -- "$SERVICE"; then
+      echo "starting the Jupyter server"
+      systemctl start -- "$SERVICE"
+      changed
+    fi
+  else
+    # No systemd: a supervisor loop (this script) keeps the server running. A new copy of the
+    # script alone does not restart a running supervisor (that would end the user's kernels):
+    # the running one keeps the old file's inode, the next start uses the new one.
+    install_file "$0" "$STATE/setup.sh" 0755 0:0
+    if pid_alive "$RUN/supervisor.pid" && ((restart)); then
+      echo "restarting the Jupyter server"
+      stop_pidfile "$RUN/supervisor.pid"
+      stop_pidfile "$RUN/server.pid"
+    fi
+    if ! pid_alive "$RUN/supervisor.pid"; then
+      echo "starting the Jupyter server under a supervisor"
+      start_supervisor
+      changed
+    fi
+  fi
+  step_done
+}
+
+step_ready() {
+  step ready 90
+  if ! python3 -c "$READY_PY" "$CONFIG" "${P[ready_timeout]}"; then
+    echo "the last lines of the server's log:"
+    if have_systemd; then
+      journalctl -u "$SERVICE" -n 30 --no-pager 2>/dev/null || true
+    else
+      as_user tail -n 30 -- "$RUN/server.log" 2>/dev/null || true
+    fi
+    exit 1
+  fi
+  echo "::result port $PORT"
+  step_done
+}
+
+watchdog_running() {
+  if have_systemd; then
+    systemctl is-active --quiet -- "$WATCHDOG"
+  else
+    pid_alive "$STATE/watchdog.pid"
+  fi
+}
+
+stop_watchdog() {
+  if have_systemd; then
+    if systemctl is-enabled --quiet -- "$WATCHDOG" 2>/dev/null || watchdog_running; then
+      systemctl disable --now --quiet -- "$WATCHDOG" || true
+      changed
+    fi
+  elif pid_alive "$STATE/watchdog.pid"; then
+    stop_pidfile "$STATE/watchdog.pid"
+    changed
+  fi
+}
+
+step_watchdog() {
+  step watchdog 95
+  local minutes=${P[idle_stop_minutes]} system_python
+  system_python=$(command -v python3)
+  if [[ $minutes =~ ^0(\.0*)?$ ]]; then
+    echo "idle auto-stop is off"
+    stop_watchdog
+    if [[ -e $STATE/idle-status.json ]]; then
+      rm -f -- "$STATE/idle-status.json"
+      changed
+    fi
+    step_done
+    return
+  fi
+  local restart=0
+  install_file "$SCRIPT_DIR/watchdog.py" "$STATE/watchdog.py" 0644 0:0
+  ((FILE_CHANGED)) && restart=1
+  python3 -c "$RENDER_JSON_PY" "$PARAMS" watchdog "$STATE" >"$WORK/watchdog.json"
+  install_file "$WORK/watchdog.json" "$STATE/watchdog.json" 0600 0:0
+  ((FILE_CHANGED)) && restart=1
+  if have_systemd; then
+    check_unit_word "$system_python"
+    cat >"$WORK/watchdog-unit" <<EOF
+# Written by jupyter-ec2 for instance $ID.
+[Unit]
+Description=Idle auto-stop of jupyter-ec2 instance $ID
+After=$SERVICE.service
+
+[Service]
+Type=simple
+ExecStart=$system_python $STATE/watchdog.py $STATE/watchdog.json
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF
+    install_file "$WORK/watchdog-unit" "/etc/systemd/system/$WATCHDOG.service" 0644 0:0
+    if ((FILE_CHANGED)); then
+      systemctl daemon-reload
+      restart=1
+    fi
+    if ! systemctl is-enabled --quiet -- "$WATCHDOG"; then
+      systemctl enable --quiet -- "$WATCHDOG"
+      changed
+    fi
+    if ((restart)) && watchdog_running; then
+      systemctl restart -- "$WATCHDOG"
+      changed
+    elif ! watchdog_running; then
+      systemctl start -- "$WATCHDOG"
+      changed
+    fi
+  else
+    if ((restart)) && pid_alive "$STATE/watchdog.pid"; then stop_pidfile "$STATE/watchdog.pid"; fi
+    if ! pid_alive "$STATE/watchdog.pid"; then
+      echo "starting the idle watchdog ($minutes min)"
+      rm -f -- "$STATE/watchdog.pid"
+      (
+        cd /
+        exec setsid /usr/bin/env -i "PATH=$STD_PATH" LANG=C.UTF-8 HOME=/root \
+          "$system_python" "$STATE/watchdog.py" "$STATE/watchdog.json"
+      ) </dev/null >>"$STATE/watchdog.log" 2>&1 &
+      local i
+      for ((i = 0; i < 100; i++)); do
+        pid_alive "$STATE/watchdog.pid" && break
+        sleep 0.05
+      done
+      pid_alive "$STATE/watchdog.pid" || die "the idle watchdog did not start"
+      changed
+    fi
+  fi
+  step_done
+}
+
+provision() {
+  PARAMS=$1
+  [[ $(id -u) == 0 ]] || die "setup.sh must run as root (through sudo when the login user is not root)"
+  SCRIPT_DIR=$(cd "$(dirname -- "$0")" && pwd)
+  WORK=$(mktemp -d)
+  trap on_exit EXIT
+  cd /
+  load_params "$PARAMS"
+
+  # The parameters were validated before upload; check the ones that name paths once more.
+  ID=${P[instance_id]}
+  NB_USER=${P[notebook_user]}
+  [[ $ID =~ ^i-[0-9a-f]{8,17}$ ]] || die "bad instance id"
+  [[ $NB_USER =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "bad user name"
+  STATE=$STATE_ROOT/$ID
+  [[ ${P[state_dir]} == "$STATE" ]] || die "bad state directory"
+  SERVICE=jupyter-ec2-$ID
+  WATCHDOG=jupyter-ec2-$ID-watchdog
+  CONFIG=$STATE/jupyter_server_config.json
+  RUN=$STATE/run
+  FAST=${P[fast]}
+  install -d -m 0755 -o 0 -g 0 -- "$STATE_ROOT" "$STATE"
+
+  step_cloud_init
+  step_user
+  step_environment
+  step_notebooks
+  step_tls
+  step_config
+  step_service
+  step_ready
+  step_watchdog
+  echo "::end"
+}
+
+# -- the supervisor (no systemd): runs as the notebook user ------------------------------------
+
+supervise() {
+  local state=$1 py=$2 run=$1/run child="" stopping=0 fails=0 started delay
+  [[ -d $run ]] || exit 1
+  exec </dev/null >>"$run/server.log" 2>&1
+  export JUPYTER_RUNTIME_DIR=$run/runtime
+  mkdir -p -m 0700 -- "$JUPYTER_RUNTIME_DIR"
+  echo "$$" >"$run/supervisor.pid"
+  trap 'stopping=1; if [[ -n $child ]]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM INT HUP
+  while ((!stopping)); do
+    started=$SECONDS
+    echo "jupyter-ec2 supervisor: starting the Jupyter server"
+    "$py" -m jupyter_server "--config=$state/jupyter_server_config.json" &
+    child=$!
+    echo "$child" >"$run/server.pid"
+    # `wait` returns early when a signal arrives: wait until the server is really gone.
+    while alive "$child"; do wait "$child" || true; done
+    wait "$child" 2>/dev/null || true
+    child=""
+    ((stopping)) && break
+    if ((SECONDS - started < 30)); then fails=$((fails + 1)); else fails=0; fi
+    delay=$((fails > 5 ? 30 : fails))
+    echo "jupyter-ec2 supervisor: the server exited; restarting in $delay s"
+    sleep "$delay" &
+    wait $! || true
+  done
+  rm -f -- "$run/server.pid" "$run/supervisor.pid"
+}
+
+case ${1:-} in
+  --print-params)
+    [[ $# == 2 ]] || die "usage: setup.sh --print-params PARAMS.json"
+    print_params "$2"
+    ;;
+  --supervise)
+    [[ $# == 3 ]] || die "usage: setup.sh --supervise STATE_DIR PYTHON"
+    supervise "$2" "$3"
+    ;;
+  -* | "")
+    die "usage: setup.sh PARAMS.json"
+    ;;
+  *)
+    [[ $# == 1 ]] || die "usage: setup.sh PARAMS.json"
+    exec 2>&1
+    provision "$1"
+    ;;
+esac
