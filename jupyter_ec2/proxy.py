@@ -1,0 +1,692 @@
+"""The remote notebook through the local server: ``{base_url}jupyter-ec2/remote/{id}/…``.
+
+HTTP and websockets are relayed to the instance's forwarded port (see :mod:`jupyter_ec2.tunnel`)
+by :class:`RemoteProxyHandler`, a subclass of ``jupyter_server_proxy``'s ``ProxyHandler`` (which
+authenticates every request and serves HTTP and websockets on one URL). The local server
+authenticates the user; the proxy adds the remote server's token itself, so the browser never
+sees it. ``docs/proxy.md`` explains the choices; in short, against a naive proxy:
+
+1. the local XSRF check is enforced (the base class turns it off, and a token-authenticated
+   request is exempt on the remote too);
+2. the remote token is removed from HTML responses (JupyterLab's page config embeds the token
+   the page was reached with) and from every response header;
+3. ``Set-Cookie`` from the remote is dropped, and ``Cookie`` and XSRF headers are not forwarded
+   (the remote's login and ``_xsrf`` cookies would clash with the local ones);
+4. a local ``?token=`` is removed from the forwarded query (the remote prefers it to the header);
+5. the raw request path is forwarded (file names with ``#`` or ``?`` stay encoded);
+6. websocket messages up to :data:`DEFAULT_WS_MAX_MESSAGE_SIZE` pass (tornado's limit is 10 MiB);
+7. responses are streamed with back-pressure (flat memory for a 1 GB download), over upstream
+   connections kept alive in a small pool (no new SSH channel per request);
+8. the upstream ``Host`` (and ``Origin``/``Referer``) are the forward's own.
+
+The handler finds the forward per request through ``settings["jupyter_ec2_remote_lookup"]``,
+a callable ``(instance_id) -> RemoteEndpoint | None``, so a forward that moves to another port
+or reconnects needs no change to the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.utils import url_path_join
+from jupyter_server_proxy.handlers import ProxyHandler
+from tornado import httputil, iostream, web, websocket
+from tornado.http1connection import (
+    HTTP1Connection,
+    HTTP1ConnectionParameters,
+    is_transfer_encoding_chunked,
+)
+from tornado.httpclient import HTTPRequest
+from tornado.tcpclient import TCPClient
+
+LOOKUP_SETTING = "jupyter_ec2_remote_lookup"
+"""Tornado setting holding ``(instance_id) -> RemoteEndpoint | None``."""
+
+WS_MAX_MESSAGE_SIZE_SETTING = "jupyter_ec2_ws_max_message_size"
+"""Tornado setting overriding :data:`DEFAULT_WS_MAX_MESSAGE_SIZE`."""
+
+DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
+"""Largest websocket message relayed (1 GiB; a notebook output may be large)."""
+
+ROUTE_PREFIX = "jupyter-ec2/remote"
+"""Where remote notebooks live, under the local server's ``base_url``."""
+
+_UPSTREAM_CHUNK = 1024 * 1024
+_MAX_PENDING_WRITE = 4 * 1024 * 1024
+_REWRITE_FLUSH = 1024 * 1024
+
+# Request headers never forwarded: hop-by-hop ones, and what belongs to the local server
+# (its cookies, its XSRF token, its credentials) or is replaced by the proxy.
+_DROP_REQUEST_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Cookie",
+        "Authorization",
+        "X-XSRFToken",
+        "X-CSRFToken",
+        "Accept-Encoding",
+        "Content-Length",
+        "Origin",
+        "Referer",
+        "Forwarded",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+        "X-Real-Ip",
+        "Expect",
+    )
+)
+# ... and, for a websocket handshake, what the websocket client writes itself.
+_DROP_WS_HEADERS = _DROP_REQUEST_HEADERS | {
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+}
+# Response headers never passed back.
+_DROP_RESPONSE_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Set-Cookie",
+        "Set-Cookie2",
+        "Content-Length",
+    )
+)
+_REWRITE_TYPES = ("text/html", "application/xhtml+xml")
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """Where a remote notebook is reachable now: the forward's local port and the remote token.
+
+    ``state`` is the forward's state (``up``, ``reconnecting``, ``down``): anything but ``up``
+    answers 503. ``tls`` connects with TLS (the SSH channel already authenticates the host and
+    encrypts, so the remote's self-signed certificate is not verified).
+    """
+
+    local_port: int
+    token: str
+    tls: bool = False
+    state: str = "up"
+
+
+def remote_base_url(base_url: str, instance_id: str) -> str:
+    """The ``base_url`` the remote server must be configured with: the full proxied path.
+
+    The path is forwarded unchanged, so that every absolute URL the remote page holds is also
+    valid through the proxy: ``{local base_url}jupyter-ec2/remote/{id}/``.
+    """
+    return url_path_join(base_url, ROUTE_PREFIX, instance_id) + "/"
+
+
+def remote_handlers(base_url: str = "/") -> list[tuple[str, type, dict]]:
+    """The routes to add to the local server's web app (``web_app.add_handlers``)."""
+    prefix = url_path_join(base_url, ROUTE_PREFIX)
+    return [
+        # All groups unnamed: tornado drops unnamed groups when any group is named.
+        (prefix + r"/([^/]+)", RemoteRedirectHandler, {}),
+        (prefix + r"/([^/]+)/(.*)", RemoteProxyHandler, {}),
+    ]
+
+
+def strip_token_param(query: str) -> str:
+    """The query without ``token=`` parameters, every other byte kept as sent."""
+    if not query:
+        return query
+    kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0]) != "token"]
+    return "&".join(kept)
+
+
+class _TokenScrubber:
+    """Removes every occurrence of a secret from a byte stream split into arbitrary chunks."""
+
+    def __init__(self, secret: bytes):
+        self.secret = secret
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Scrubbed output for ``chunk``; keeps back what could start a split secret."""
+        data = (self._tail + chunk).replace(self.secret, b"")
+        keep = len(self.secret) - 1
+        # Hold back the longest suffix that is a prefix of the secret.
+        for size in range(min(keep, len(data)), 0, -1):
+            if self.secret.startswith(data[-size:]):
+                self._tail = data[-size:]
+                return data[:-size]
+        self._tail = b""
+        return data
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream."""
+        tail, self._tail = self._tail, b""
+        return tail
+
+
+# -- upstream connections ---------------------------------------------------------------------
+
+
+class _Upstream:
+    """One kept-alive HTTP/1.1 connection to a forward."""
+
+    def __init__(self, key: tuple[int, bool], stream: iostream.IOStream):
+        self.key = key
+        self.stream = stream
+        self.idle_since = time.monotonic()
+
+
+class UpstreamPool:
+    """Idle HTTP/1.1 connections to forwards, reused across requests (keep-alive).
+
+    A new connection through a forward is a new SSH channel; reusing one saves that round
+    trip. Idle connections are dropped after ``idle_timeout`` and whenever they close.
+    """
+
+    def __init__(self, max_idle_per_port: int = 8, idle_timeout: float = 20.0):
+        self.max_idle_per_port = max_idle_per_port
+        self.idle_timeout = idle_timeout
+        self._idle: dict[tuple[int, bool], list[_Upstream]] = {}
+        self._client = TCPClient()
+
+    async def acquire(self, port: int, tls: bool) -> tuple[_Upstream, bool]:
+        """An open connection to ``127.0.0.1:port``: (connection, whether it was reused)."""
+        key = (port, tls)
+        idle = self._idle.get(key, [])
+        now = time.monotonic()
+        while idle:
+            upstream = idle.pop()
+            if upstream.stream.closed() or now - upstream.idle_since > self.idle_timeout:
+                upstream.stream.close()
+                continue
+            upstream.stream.set_close_callback(None)
+            return upstream, True
+        stream = await self._client.connect(
+            "127.0.0.1", port, ssl_options=_client_ssl_context() if tls else None
+        )
+        stream.set_nodelay(True)
+        return _Upstream(key, stream), False
+
+    def release(self, upstream: _Upstream) -> None:
+        """Return a connection whose last response was read completely."""
+        stream = upstream.stream
+        if stream.closed():
+            return
+        idle = self._idle.setdefault(upstream.key, [])
+        if len(idle) >= self.max_idle_per_port:
+            stream.close()
+            return
+        upstream.idle_since = time.monotonic()
+
+        def on_close(upstream: _Upstream = upstream) -> None:
+            with contextlib.suppress(ValueError):
+                self._idle.get(upstream.key, []).remove(upstream)
+
+        # A close callback makes the stream watch for the peer closing while idle.
+        stream.set_close_callback(on_close)
+        idle.append(upstream)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for idle in self._idle.values():
+            for upstream in idle:
+                upstream.stream.close()
+        self._idle.clear()
+
+
+def _client_ssl_context() -> ssl.SSLContext:
+    # The SSH forward already authenticates the host and encrypts; the remote certificate is
+    # self-signed and not pinned, so it is not verified.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def close_upstream_pool(settings: dict) -> None:
+    """Close the idle upstream connections kept in ``settings`` (at server shutdown)."""
+    pool = settings.pop("jupyter_ec2_upstream_pool", None)
+    if pool is not None:
+        pool.close()
+
+
+def _pool(settings: dict) -> UpstreamPool:
+    pool = settings.get("jupyter_ec2_upstream_pool")
+    if pool is None:
+        pool = settings["jupyter_ec2_upstream_pool"] = UpstreamPool()
+    return pool
+
+
+class _UpstreamClosed(Exception):
+    """The upstream connection closed before any byte of the response arrived."""
+
+
+class _ResponseRelay(httputil.HTTPMessageDelegate):
+    """Receives the upstream response and streams it to the browser."""
+
+    def __init__(self, handler: RemoteProxyHandler, upstream: _Upstream, token: bytes):
+        self.handler = handler
+        self.upstream = upstream
+        self.token = token
+        self.started = False
+        self.reusable = False
+        self.scrubber: _TokenScrubber | None = None
+        self._pending: asyncio.Future | None = None
+        self._buffered = 0
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> None:
+        assert isinstance(start_line, httputil.ResponseStartLine)
+        handler = self.handler
+        self.started = True
+        self.reusable = start_line.version == "HTTP/1.1" and (
+            headers.get("Connection", "").lower() != "close"
+            and (
+                "Content-Length" in headers
+                or is_transfer_encoding_chunked(headers)
+                or start_line.code in (204, 304)
+                or handler.request.method == "HEAD"
+            )
+        )
+        handler.set_status(start_line.code, start_line.reason)
+        handler.clear_all_headers()
+        content_type = headers.get("Content-Type", "").lower()
+        rewrite = content_type.startswith(_REWRITE_TYPES)
+        if rewrite:
+            self.scrubber = _TokenScrubber(self.token)
+            if headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
+                # We asked for identity; decode anything else before scrubbing.
+                self.scrubber = _DecodingScrubber(self.scrubber, headers["Content-Encoding"])
+        token_text = self.token.decode()
+        for name, value in headers.get_all():
+            lower = name.lower()
+            if lower in _DROP_RESPONSE_HEADERS and not (lower == "content-length" and not rewrite):
+                continue
+            if rewrite and lower in ("content-encoding", "etag", "content-md5"):
+                continue
+            if token_text in value:
+                value = value.replace(token_text, "")
+            handler.add_header(name, value)
+
+    async def data_received(self, chunk: bytes) -> None:
+        handler = self.handler
+        if handler.request.connection.stream.closed():
+            # The browser went away: stop reading (the read then fails quietly).
+            self.upstream.stream.close()
+            return
+        if self.scrubber is not None:
+            chunk = self.scrubber.feed(chunk)
+            self._buffered += len(chunk)
+            if chunk:
+                handler.write(chunk)
+            # Small pages (the common case) go out whole, with a Content-Length.
+            if self._buffered < _REWRITE_FLUSH:
+                return
+            self._buffered = 0
+        else:
+            handler.write(chunk)
+        previous, self._pending = self._pending, handler.flush_future()
+        # Two writes in flight at most: reading the next chunk overlaps sending this one, and
+        # memory stays flat whatever the size of the response.
+        if previous is not None:
+            try:
+                await previous
+            except iostream.StreamClosedError:
+                self.upstream.stream.close()
+
+    def finish(self) -> None:
+        if self.scrubber is not None:
+            tail = self.scrubber.flush()
+            if tail:
+                self.handler.write(tail)
+
+    async def drain(self) -> None:
+        """Wait for the last write to the browser."""
+        if self._pending is not None:
+            with contextlib.suppress(iostream.StreamClosedError):
+                await self._pending
+
+    def on_connection_close(self) -> None:
+        self.reusable = False
+
+
+class _DecodingScrubber:
+    """A :class:`_TokenScrubber` fed with gzip/deflate-encoded bytes."""
+
+    def __init__(self, scrubber: _TokenScrubber, encoding: str):
+        wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding.lower() else zlib.MAX_WBITS
+        self._inflate = zlib.decompressobj(wbits)
+        self._scrubber = scrubber
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._scrubber.feed(self._inflate.decompress(chunk))
+
+    def flush(self) -> bytes:
+        return self._scrubber.feed(self._inflate.flush()) + self._scrubber.flush()
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+class RemoteRedirectHandler(JupyterHandler):
+    """``…/remote/{id}`` → ``…/remote/{id}/`` (after authentication)."""
+
+    @web.authenticated
+    def get(self, instance_id: str) -> None:
+        """Redirect to the path with a trailing slash, keeping the query (minus ``token``)."""
+        query = strip_token_param(self.request.query)
+        self.redirect(self.request.path + "/" + ("?" + query if query else ""))
+
+
+class RemoteProxyHandler(ProxyHandler):
+    """Relays HTTP and websockets to the remote Jupyter server of one instance."""
+
+    _endpoint: RemoteEndpoint
+    _upstream_ws: websocket.WebSocketClientConnection | None = None
+
+    # -- every request ------------------------------------------------------------------------
+
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        """Authenticate (302 to the login page for a page, 403 otherwise), then find the
+        instance's forward (404 unknown, 503 not up)."""
+        # Not ProxyHandler.prepare: with jupyter_server 2 it redirects twice (an exception).
+        upgrade = self.request.headers.get("Upgrade", "").lower() == "websocket"
+        await JupyterHandler.prepare(self, _redirect_to_login=not upgrade)
+        if self._finished:
+            return
+        if self.current_user is None:
+            # Also when the server allows unauthenticated access to undecorated handlers.
+            if upgrade or self.request.method not in ("GET", "HEAD"):
+                raise web.HTTPError(403)
+            web.authenticated(lambda handler: None)(self)
+            return
+        instance_id = self.path_args[0] if self.path_args else ""
+        lookup: Callable[[str], RemoteEndpoint | None] | None = self.settings.get(LOOKUP_SETTING)
+        endpoint = lookup(instance_id) if lookup is not None else None
+        if endpoint is None:
+            raise web.HTTPError(404, f"No remote notebook for instance {instance_id!r}.")
+        if endpoint.state != "up":
+            raise web.HTTPError(
+                503, f"The forward to {instance_id} is {endpoint.state}; retry in a moment."
+            )
+        self._endpoint = endpoint
+
+    def check_xsrf_cookie(self) -> None:
+        """The local server's own XSRF check (the base class turns it off)."""
+        return super(ProxyHandler, self).check_xsrf_cookie()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors of the proxy itself as JSON ``{"message": …}``."""
+        self.clear_all_headers()
+        self.set_header("Content-Type", "application/json")
+        if status_code == 503:
+            self.set_header("Retry-After", "2")
+        reason = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            reason = exc.log_message % exc.args if exc.args else exc.log_message
+        self.finish(json.dumps({"message": reason}))
+
+    def compute_etag(self) -> str | None:
+        """No local ETag: the remote's caching headers pass through untouched."""
+        return None
+
+    def clear_all_headers(self) -> None:
+        """Forget every header set so far (the local defaults must not mix with the remote's)."""
+        self._headers = httputil.HTTPHeaders()
+
+    def flush_future(self) -> asyncio.Future:
+        """``RequestHandler.flush`` (the websocket mixin's wrapper drops its future)."""
+        return web.RequestHandler.flush(self)
+
+    @property
+    def max_message_size(self) -> int:  # type: ignore[override]
+        """The largest websocket message accepted from the browser."""
+        return int(self.settings.get(WS_MAX_MESSAGE_SIZE_SETTING, DEFAULT_WS_MAX_MESSAGE_SIZE))
+
+    # -- upstream request ---------------------------------------------------------------------
+
+    def _upstream_origin(self) -> str:
+        scheme = "https" if self._endpoint.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._endpoint.local_port}"
+
+    def _upstream_target(self) -> str:
+        """The raw path (never decoded and re-encoded) and the query without ``token``."""
+        query = strip_token_param(self.request.query)
+        return self.request.path + ("?" + query if query else "")
+
+    def _upstream_headers(self, drop: frozenset[str]) -> httputil.HTTPHeaders:
+        headers = httputil.HTTPHeaders()
+        for name, value in self.request.headers.get_all():
+            if name.lower() not in drop:
+                headers.add(name, value)
+        endpoint = self._endpoint
+        headers["Host"] = f"127.0.0.1:{endpoint.local_port}"
+        headers["Authorization"] = f"token {endpoint.token}"
+        origin = self._upstream_origin()
+        if "Origin" in self.request.headers:
+            headers["Origin"] = origin
+        referer = self.request.headers.get("Referer", "")
+        local_origin = f"{self.request.protocol}://{self.request.host}"
+        if referer.startswith(local_origin + "/"):
+            headers["Referer"] = origin + referer[len(local_origin) :]
+        return headers
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def proxy(self, host: str, port: int, proxied_path: str) -> None:  # type: ignore[override]
+        """Relay this request to the remote server and stream its response back."""
+        self._record_activity()
+        headers = self._upstream_headers(_DROP_REQUEST_HEADERS)
+        headers["Accept-Encoding"] = "identity"
+        body = self.request.body
+        method = self.request.method or "GET"
+        if body or method in ("POST", "PUT", "PATCH"):
+            headers["Content-Length"] = str(len(body))
+        start_line = httputil.RequestStartLine(method, self._upstream_target(), "HTTP/1.1")
+        pool = _pool(self.settings)
+        for attempt in (1, 2):
+            upstream, reused = await self._acquire(pool)
+            relay = _ResponseRelay(self, upstream, self._endpoint.token.encode())
+            try:
+                await self._exchange(upstream, start_line, headers, body, relay)
+            except (iostream.StreamClosedError, _UpstreamClosed, OSError) as error:
+                upstream.stream.close()
+                if not relay.started and reused and attempt == 1:
+                    continue  # a kept-alive connection that had closed: once more, afresh
+                if not relay.started:
+                    raise web.HTTPError(
+                        502, "The remote notebook server closed the connection."
+                    ) from error
+                # Part of the response is out: all we can do is end it.
+                self.request.connection.stream.close()
+                return
+            break
+        await relay.drain()
+        if relay.reusable and not upstream.stream.closed():
+            pool.release(upstream)
+        else:
+            upstream.stream.close()
+        self._record_activity()
+
+    async def _acquire(self, pool: UpstreamPool) -> tuple[_Upstream, bool]:
+        try:
+            return await pool.acquire(self._endpoint.local_port, self._endpoint.tls)
+        except OSError as error:
+            raise web.HTTPError(503, "The forward is reconnecting; retry in a moment.") from error
+
+    async def _exchange(
+        self,
+        upstream: _Upstream,
+        start_line: httputil.RequestStartLine,
+        headers: httputil.HTTPHeaders,
+        body: bytes,
+        relay: _ResponseRelay,
+    ) -> None:
+        params = HTTP1ConnectionParameters(
+            chunk_size=_UPSTREAM_CHUNK,
+            max_body_size=1 << 62,
+            max_header_size=256 * 1024,
+            decompress=False,
+        )
+        connection = HTTP1Connection(upstream.stream, True, params)
+        await connection.write_headers(start_line, headers, body or None)
+        connection.finish()
+        keep_open = await connection.read_response(relay)
+        if not relay.started:
+            raise _UpstreamClosed()
+        if not keep_open:
+            relay.reusable = False
+
+    @web.authenticated
+    async def http_get(self, instance_id: str, path: str = "") -> None:
+        """GET without an upgrade."""
+        await self.proxy("127.0.0.1", 0, path)
+
+    @web.authenticated
+    async def post(self, instance_id: str, path: str = "") -> None:
+        """POST."""
+        await self.proxy("127.0.0.1", 0, path)
+
+    @web.authenticated
+    async def put(self, instance_id: str, path: str = "") -> None:
+        """PUT."""
+        await self.proxy("127.0.0.1", 0, path)
+
+    @web.authenticated
+    async def patch(self, instance_id: str, path: str = "") -> None:
+        """PATCH."""
+        await self.proxy("127.0.0.1", 0, path)
+
+    @web.authenticated
+    async def delete(self, instance_id: str, path: str = "") -> None:
+        """DELETE."""
+        await self.proxy("127.0.0.1", 0, path)
+
+    @web.authenticated
+    async def head(self, instance_id: str, path: str = "") -> None:
+        """HEAD."""
+        await self.proxy("127.0.0.1", 0, path)
+
+    @web.authenticated
+    async def options(self, instance_id: str, path: str = "") -> None:
+        """OPTIONS."""
+        await self.proxy("127.0.0.1", 0, path)
+
+    # -- websockets ---------------------------------------------------------------------------
+
+    @web.authenticated
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """GET: a websocket upgrade connects upstream first, then accepts the browser."""
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            await self.http_get(*args, **kwargs)
+            return
+        # Connect to the remote before answering the browser's handshake, so the subprotocol
+        # the remote chose is the one the browser is told (and a failure is an HTTP error).
+        self._ws_backlog: list[str | bytes | None] = []
+        self._ws_open = False
+        requested = [
+            p.strip()
+            for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        scheme = "wss" if self._endpoint.tls else "ws"
+        request = HTTPRequest(
+            f"{scheme}://127.0.0.1:{self._endpoint.local_port}{self._upstream_target()}",
+            headers=self._upstream_headers(_DROP_WS_HEADERS),
+            connect_timeout=30,
+            request_timeout=60,
+            validate_cert=False,
+        )
+        try:
+            self._upstream_ws = await websocket.websocket_connect(
+                request,
+                on_message_callback=self._on_upstream_message,
+                max_message_size=self.max_message_size,
+                subprotocols=requested or None,
+            )
+        except Exception as error:  # noqa: BLE001 - refused, reset, or an HTTP error status
+            code = getattr(error, "code", None)
+            if isinstance(code, int) and 400 <= code < 600 and code != 599:
+                raise web.HTTPError(code, "The remote server refused the websocket.") from None
+            raise web.HTTPError(502, "Could not reach the remote notebook server.") from None
+        self._record_activity()
+        await websocket.WebSocketHandler.get(self, *args, **kwargs)
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        """The subprotocol the remote server selected."""
+        upstream = self._upstream_ws
+        return upstream.selected_subprotocol if upstream is not None else None
+
+    async def open(self, instance_id: str, path: str = "") -> None:
+        """The browser's websocket is open: deliver what the remote sent meanwhile."""
+        self._ws_open = True
+        backlog, self._ws_backlog = self._ws_backlog, []
+        for message in backlog:
+            self._deliver(message)
+
+    def _on_upstream_message(self, message: str | bytes | None) -> None:
+        if not self._ws_open:
+            self._ws_backlog.append(message)
+            return
+        self._deliver(message)
+
+    def _deliver(self, message: str | bytes | None) -> None:
+        self._record_activity()
+        if message is None:
+            upstream = self._upstream_ws
+            code = upstream.close_code if upstream is not None else None
+            reason = upstream.close_reason if upstream is not None else None
+            self.close(code if code not in (None, 1005, 1006) else 1011, reason)
+            return
+        with contextlib.suppress(websocket.WebSocketClosedError):
+            self.write_message(message, binary=isinstance(message, bytes))
+
+    def on_message(self, message: str | bytes) -> None:
+        """A message from the browser: relay it upstream."""
+        self._record_activity()
+        upstream = self._upstream_ws
+        if upstream is not None:
+            with contextlib.suppress(websocket.WebSocketClosedError):
+                upstream.write_message(message, binary=isinstance(message, bytes))
+
+    def on_ping(self, data: bytes) -> None:
+        """Browser pings are answered locally (tornado does); nothing to relay."""
+
+    def on_close(self) -> None:
+        """The browser closed (or the HTTP client went away): close upstream too."""
+        upstream, self._upstream_ws = self._upstream_ws, None
+        if upstream is not None:
+            upstream.close(self.close_code, self.close_reason)
+
+    def on_finish(self) -> None:
+        """A request that was never upgraded: drop an upstream websocket left open."""
+        if self._upstream_ws is not None and self.ws_connection is None:
+            self._upstream_ws.close()
+            self._upstream_ws = None
