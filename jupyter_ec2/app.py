@@ -11,11 +11,18 @@ import os
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Enum, Unicode, default, validate
+from traitlets import Dict, Enum, Type, Unicode, default, validate
 
 from ._version import __version__
-from .handlers import ProfilesHandler
+from .handlers import (
+    InstanceActionHandler,
+    InstanceHandler,
+    InstanceLogHandler,
+    InstancesHandler,
+    ProfilesHandler,
+)
 from .models import ProfileSet, load_profiles
+from .proxy import RemoteEndpoint, remote_handlers
 
 API_PREFIX = "jupyter-ec2/api"
 
@@ -31,7 +38,37 @@ class EC2Launcher(ExtensionApp):
     #: The routes this extension serves, relative to the server's base_url.
     routes = [
         (rf"/{API_PREFIX}/profiles", ProfilesHandler),
+        (rf"/{API_PREFIX}/instances", InstancesHandler),
+        (rf"/{API_PREFIX}/instances/(i-[0-9a-f]{{8,17}})", InstanceHandler),
+        (rf"/{API_PREFIX}/instances/(i-[0-9a-f]{{8,17}})/log", InstanceLogHandler),
+        (
+            rf"/{API_PREFIX}/instances/(i-[0-9a-f]{{8,17}})/(start|stop|reconnect)",
+            InstanceActionHandler,
+        ),
+        # The remote notebooks, HTTP and websockets, through the forwards.
+        *[route[:2] for route in remote_handlers("/")],
     ]
+
+    backend_class = Type(
+        default_value="jupyter_ec2.aws.EC2Backend",
+        klass="jupyter_ec2.aws.EC2Backend",
+        help="The EC2 layer (configured in its own section, c.EC2Backend).",
+    ).tag(config=True)
+    provisioner_class = Type(
+        default_value="jupyter_ec2.provision.Provisioner",
+        klass="jupyter_ec2.provision.Provisioner",
+        help="The SSH provisioning layer (configured in c.Provisioner).",
+    ).tag(config=True)
+    tunnel_class = Type(
+        default_value="jupyter_ec2.tunnel.TunnelManager",
+        klass="jupyter_ec2.tunnel.TunnelManager",
+        help="The port-forward layer.",
+    ).tag(config=True)
+    manager_class = Type(
+        default_value="jupyter_ec2.manager.LaunchManager",
+        klass="jupyter_ec2.manager.LaunchManager",
+        help="The lifecycle manager (configured in c.LaunchManager).",
+    ).tag(config=True)
 
     profiles = Dict(
         default_value={},
@@ -71,21 +108,14 @@ class EC2Launcher(ExtensionApp):
 
     profile_set: ProfileSet
 
-    def _profile_defaults(self) -> dict:
-        """Fields a profile inherits from the other configurables' sections."""
-        backend = self.config.get("EC2Backend", {})
-        provisioner = self.config.get("Provisioner", {})
-        return {
-            "region": backend.get("region", "us-east-1"),
-            "environment": provisioner.get(
-                "environment", {"kind": "pip", "packages": ["jupyterlab"]}
-            ),
-            "idle_stop_minutes": provisioner.get("idle_stop_minutes", 60),
-        }
-
-    def load_profile_set(self) -> ProfileSet:
+    def load_profile_set(self, backend, provisioner) -> ProfileSet:
         """Validate the configured profiles, logging each one that is not served and why."""
-        profile_set = load_profiles(self.profiles, self.default_profile, self._profile_defaults())
+        defaults = {
+            "region": backend.region,
+            "environment": provisioner.environment,
+            "idle_stop_minutes": provisioner.idle_stop_minutes,
+        }
+        profile_set = load_profiles(self.profiles, self.default_profile, defaults)
         for problem in profile_set.problems:
             self.log.error("jupyter-ec2: %s Fix it in your Jupyter config.", problem)
         if not profile_set.profiles:
@@ -93,9 +123,40 @@ class EC2Launcher(ExtensionApp):
         return profile_set
 
     def initialize_settings(self) -> None:
-        """Validate the profiles once and share them with the handlers."""
-        self.profile_set = self.load_profile_set()
-        self.settings.update({"jupyter_ec2_profiles": self.profile_set})
+        """Build the services once, validate the profiles and share both with the handlers."""
+        from .store import StateStore
+
+        self.store = StateStore(self.state_dir)
+        self.backend = self.backend_class(parent=self, store=self.store)
+        self.provisioner = self.provisioner_class(parent=self)
+        self.tunnels = self.tunnel_class(parent=self)
+        self.profile_set = self.load_profile_set(self.backend, self.provisioner)
+        self.manager = self.manager_class(
+            parent=self,
+            backend=self.backend,
+            provisioner=self.provisioner,
+            tunnels=self.tunnels,
+            store=self.store,
+            profiles=self.profile_set,
+            base_url=self.serverapp.base_url if self.serverapp else "/",
+            open_mode=self.open_mode,
+        )
+
+        def remote_lookup(instance_id: str) -> RemoteEndpoint | None:
+            # Looked up per request, so a restarted manager or a moved forward needs no re-route.
+            found = self.manager.remote_endpoint(instance_id)
+            if found is None:
+                return None
+            local_port, token, state = found
+            return RemoteEndpoint(local_port=local_port, token=token, state=state)
+
+        self.settings.update(
+            {
+                "jupyter_ec2_profiles": self.profile_set,
+                "jupyter_ec2_manager": self.manager,
+                "jupyter_ec2_remote_lookup": remote_lookup,
+            }
+        )
         self.log.info(
             "jupyter-ec2 %s: %d launch profile(s): %s",
             __version__,
@@ -107,5 +168,10 @@ class EC2Launcher(ExtensionApp):
         """Register the REST routes."""
         self.handlers.extend(self.routes)
 
+    async def _start_jupyter_server_extension(self, serverapp) -> None:
+        """Once the event loop runs: re-discover instances and start the poller."""
+        await self.manager.ensure_started()
+
     async def stop_extension(self) -> None:
-        """Nothing runs in the background yet; later layers close forwards and tasks here."""
+        """Close every forward and cancel every task; instances keep running and stop when idle."""
+        await self.manager.stop()

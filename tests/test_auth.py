@@ -13,9 +13,18 @@ SAMPLE_ID = "i-0123456789abcdef0"
 VERBS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
+def _sample_group(match: re.Match) -> str:
+    body = match.group(1)
+    if re.fullmatch(r"[a-z]+(\|[a-z]+)+", body):
+        return body.split("|")[0]  # an action: start|stop|reconnect
+    if body == ".*":
+        return "api/status"  # a path under a remote notebook
+    return SAMPLE_ID
+
+
 def _sample_path(pattern: str) -> str:
-    """A concrete path matching a route pattern: every group becomes a sample instance id."""
-    path = re.sub(r"\((?:\?P<\w+>)?[^)]*\)", SAMPLE_ID, pattern)
+    """A concrete path matching a route pattern (ids, actions and remote paths filled in)."""
+    path = re.sub(r"\((?:\?P<\w+>)?([^)]*)\)", _sample_group, pattern)
     return path.lstrip("/").replace("\\", "").rstrip("$")
 
 
@@ -42,8 +51,10 @@ async def test_route_refuses_anonymous(jp_fetch, path, verb):
             follow_redirects=False,
             allow_nonstandard_methods=True,
         )
-    # Then it is refused (403, or 405 for a verb the route does not have) and nothing is served
-    assert caught.value.code in (403, 405), caught.value
+    # Then it is refused: 403, a redirect to the login page, or 405 for a verb the route lacks
+    assert caught.value.code in (302, 403, 405), caught.value
+    if caught.value.code == 302:
+        assert "/login" in caught.value.response.headers["Location"]
     if caught.value.code == 405:
         assert verb not in _verbs_of(path)
 

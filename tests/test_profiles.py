@@ -9,6 +9,8 @@ import pytest
 from traitlets.config import Config
 
 from jupyter_ec2.app import EC2Launcher
+from jupyter_ec2.aws import EC2Backend
+from jupyter_ec2.provision import Provisioner
 from jupyter_ec2.errors import ValidationError
 from jupyter_ec2.models import BUILTIN_PROFILES, Profile, load_profiles
 
@@ -143,7 +145,7 @@ class TestBadConfigAtStartup:
         app.log.propagate = True
         # When it validates them at start-up
         with caplog.at_level(logging.ERROR):
-            app.load_profile_set()
+            app.load_profile_set(EC2Backend(parent=app), Provisioner(parent=app))
         # Then the log names each bad profile and its field
         text = caplog.text
         assert "profile 'huge' is not served: field 'volume_gb'" in text

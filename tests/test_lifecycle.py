@@ -1,0 +1,310 @@
+"""End to end: the REST API drives real instances of the simulated cloud to ready and back.
+
+Real parts only: moto over HTTP on loopback, an OpenSSH sshd per instance, provisioning over SSH
+that starts a real ``jupyter server`` on the instance host, the forward and the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from jupyter_ec2.testing.demo import IMAGE_PYTHON, remove_user, simulated_config
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(IMAGE_PYTHON).exists(), reason=f"{IMAGE_PYTHON} missing: run `make sim-image`"
+    ),
+]
+
+READY_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def jp_ec2_notebook_user():
+    """A notebook user name unique to this module; removed from this machine afterwards."""
+    name = f"jec2l{secrets.token_hex(3)}"
+    yield name
+    remove_user(name)
+
+
+@pytest.fixture
+def jp_base_url() -> str:
+    """A base_url as JupyterHub gives one, so every path is proven to honour it."""
+    return "/user/alice/"
+
+
+@pytest.fixture
+def jp_ec2_boot_delay() -> float:
+    """Instances boot for a moment, so the booting phase is seen."""
+    return 1.0
+
+
+@pytest.fixture
+def idle_marker(tmp_path: Path) -> Path:
+    """The file the (harmless) idle-stop command would create."""
+    return tmp_path / "idle-stop-ran"
+
+
+@pytest.fixture
+def jp_server_config(
+    jp_ec2_cloud, jp_ec2_hosts, tmp_path, jp_ec2_notebook_user, jp_ec2_profiles, idle_marker
+):
+    """The extension on the simulated cloud, with authentication on and fast polling."""
+    config = simulated_config(
+        jp_ec2_cloud,
+        jp_ec2_hosts,
+        tmp_path / "state",
+        notebook_user=jp_ec2_notebook_user,
+        idle_stop_command=f"touch {idle_marker}",
+        profiles={
+            **jp_ec2_profiles,
+            "broken": {
+                "display_name": "Broken",
+                "instance_type": "t3.small",
+                "environment": {"kind": "pip", "packages": ["jec2-no-such-package==1.0"]},
+            },
+        },
+    )
+    config["ServerApp"]["allow_unauthenticated_access"] = False
+    config["LaunchManager"] = {"poll_fast": 0.2, "poll_slow": 1.0}
+    config["Provisioner"]["wheel_dir"] = str(tmp_path / "empty-wheels")
+    (tmp_path / "empty-wheels").mkdir()
+    return config
+
+
+async def _json(jp_fetch, *parts, method="GET", body=None, **kwargs):
+    response = await jp_fetch(
+        "jupyter-ec2",
+        "api",
+        *parts,
+        method=method,
+        body=None
+        if body is None
+        else (body if isinstance(body, (bytes, str)) else json.dumps(body)),
+        allow_nonstandard_methods=True,
+        **kwargs,
+    )
+    return response.code, json.loads(response.body)
+
+
+async def _wait_phase(jp_fetch, instance_id, wanted, seen=None, timeout=READY_TIMEOUT):
+    """Poll the instance until its phase is one of ``wanted``; record every phase seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, inst = await _json(jp_fetch, "instances", instance_id)
+        if seen is not None and (not seen or seen[-1] != inst["phase"]):
+            seen.append(inst["phase"])
+        if inst["phase"] in wanted:
+            return inst
+        if inst["phase"] == "failed" and "failed" not in wanted:
+            _, log = await _json(jp_fetch, "instances", instance_id, "log")
+            pytest.fail(
+                f"failed: {inst['error']}\n" + "\n".join(line["text"] for line in log["lines"])
+            )
+        if time.monotonic() > deadline:
+            pytest.fail(f"{instance_id} stuck in {inst['phase']} ({inst['message']})")
+        await asyncio.sleep(0.2)
+
+
+def _running(cloud) -> list[str]:
+    found = cloud.client().describe_instances(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    )
+    return [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
+
+
+def _forward_threads() -> list[str]:
+    return [
+        t.name
+        for t in threading.enumerate()
+        if "forward" in t.name.lower()
+        or "paramiko" in t.name.lower()
+        or t.name.startswith("Thread-")
+        and t.daemon
+        and "Transport" in type(t).__name__
+    ]
+
+
+async def test_launch_ready_open_stop_start_terminate(
+    jp_fetch, jp_ec2_cloud, jp_ec2_hosts, jp_base_url
+):
+    # Given a server with the extension on the simulated cloud and no instance
+    threads_before = set(_forward_threads())
+    # When the cpu profile is launched
+    code, inst = await _json(jp_fetch, "instances", method="POST", body={"profile": "cpu"})
+    # Then the answer is 202 with the instance in phase launching
+    assert code == 202
+    assert inst["phase"] == "launching" and inst["url"] is None
+    instance_id = inst["id"]
+    # And it goes through the phases in order to ready
+    seen: list[str] = []
+    ready = await _wait_phase(jp_fetch, instance_id, {"ready"}, seen)
+    order = ["launching", "booting", "connecting", "provisioning", "starting", "ready"]
+    assert [p for p in seen if p in order] == sorted(set(seen) & set(order), key=order.index)
+    assert {"booting", "provisioning", "ready"} <= set(seen)
+    assert ready["progress"] == 100
+    assert ready["tunnel"]["state"] == "up"
+    assert ready["url"] == f"{jp_base_url}jupyter-ec2/remote/{instance_id}/lab"
+    # And the url serves the remote notebook through the proxy, with only local credentials
+    remote_status = await jp_fetch("jupyter-ec2", "remote", instance_id, "api", "status")
+    assert remote_status.code == 200
+    assert "started" in json.loads(remote_status.body)
+    # And the log tells the steps
+    _, log = await _json(jp_fetch, "instances", instance_id, "log")
+    assert log["next"] == len(log["lines"]) > 3
+    _, later = await _json(jp_fetch, "instances", instance_id, "log", params={"after": log["next"]})
+    assert later["lines"] == []
+
+    # When start is asked of a running instance / Then it is a conflict
+    with pytest.raises(HTTPClientError) as caught:
+        await _json(jp_fetch, "instances", instance_id, "start", method="POST", body={})
+    assert caught.value.code == 409
+
+    # When it is stopped
+    address_before = jp_ec2_hosts.addresses(instance_id)
+    code, inst = await _json(jp_fetch, "instances", instance_id, "stop", method="POST", body={})
+    assert code == 202 and inst["phase"] == "stopping"
+    stopped = await _wait_phase(jp_fetch, instance_id, {"stopped"})
+    # Then the forward is closed, the url gone and the host down
+    assert stopped["tunnel"] is None and stopped["url"] is None
+    await asyncio.to_thread(jp_ec2_hosts.wait_for_no_host, instance_id)
+    assert jp_ec2_hosts.host_for(instance_id) is None
+
+    # When it is started again / Then it is ready on its new address
+    code, inst = await _json(jp_fetch, "instances", instance_id, "start", method="POST", body={})
+    assert code == 202
+    await _wait_phase(jp_fetch, instance_id, {"ready"})
+    assert jp_ec2_hosts.addresses(instance_id) != address_before
+    remote_status = await jp_fetch("jupyter-ec2", "remote", instance_id, "api", "status")
+    assert remote_status.code == 200
+
+    # When it is terminated
+    code, inst = await _json(jp_fetch, "instances", instance_id, method="DELETE")
+    assert code == 202 and inst["phase"] == "terminating"
+    await _wait_phase(jp_fetch, instance_id, {"terminated"})
+    # Then nothing runs: no instance in the cloud, no host, no forward thread
+    assert _running(jp_ec2_cloud) == []
+    await asyncio.to_thread(jp_ec2_hosts.sync)
+    assert jp_ec2_hosts.host_for(instance_id) is None
+    deadline = time.monotonic() + 10
+    while set(_forward_threads()) - threads_before and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert set(_forward_threads()) - threads_before == set()
+
+
+async def test_restart_reattaches_without_provisioning(jp_fetch, jp_serverapp):
+    # Given an instance brought to ready by this server
+    _, inst = await _json(jp_fetch, "instances", method="POST", body={"profile": "cpu"})
+    await _wait_phase(jp_fetch, inst["id"], {"ready"})
+    app = jp_serverapp.extension_manager.extension_points["jupyter_ec2"].app
+    # When the server's manager is shut down and a new one is built from the same state dir,
+    # as a restarted server does
+    await app.manager.stop()
+    app.tunnels = app.tunnel_class(parent=app)
+    app.manager = app.manager_class(
+        parent=app,
+        backend=app.backend,
+        provisioner=app.provisioner,
+        tunnels=app.tunnels,
+        store=app.store,
+        profiles=app.profile_set,
+        base_url=jp_serverapp.base_url,
+        open_mode=app.open_mode,
+    )
+    jp_serverapp.web_app.settings["jupyter_ec2_manager"] = app.manager  # what handlers use
+    # Then the instance is listed and comes back to ready
+    again = await _wait_phase(jp_fetch, inst["id"], {"ready"})
+    assert again["url"]
+    # And the log says no provisioning step re-ran
+    _, log = await _json(jp_fetch, "instances", inst["id"], "log")
+    texts = [line["text"] for line in log["lines"]]
+    steps = {line["step"] for line in log["lines"]}
+    assert any("provisioning not re-run" in t for t in texts)
+    assert steps <= {"reattach", "forward", "ready", "ec2"}, steps
+    remote_status = await jp_fetch("jupyter-ec2", "remote", inst["id"], "api", "status")
+    assert remote_status.code == 200
+    await _json(jp_fetch, "instances", inst["id"], method="DELETE")
+    await _wait_phase(jp_fetch, inst["id"], {"terminated"})
+
+
+async def test_provisioning_failure_is_stopped_and_terminable(jp_fetch, jp_ec2_cloud):
+    # Given a profile whose environment asks for a package that does not exist
+    # When it is launched
+    _, inst = await _json(jp_fetch, "instances", method="POST", body={"profile": "broken"})
+    failed = await _wait_phase(jp_fetch, inst["id"], {"failed"})
+    # Then it failed naming the step, and says what happened
+    assert failed["error"]["step"] == "environment"
+    assert failed["error"]["message"]
+    # And the instance is stopped, so it costs nothing
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        _, failed = await _json(jp_fetch, "instances", inst["id"])
+        if failed["ec2_state"] == "stopped":
+            break
+        await asyncio.sleep(0.2)
+    assert failed["ec2_state"] == "stopped"
+    assert failed["phase"] == "failed"
+    # And Terminate works
+    code, _ = await _json(jp_fetch, "instances", inst["id"], method="DELETE")
+    assert code == 202
+    await _wait_phase(jp_fetch, inst["id"], {"terminated"}, timeout=30)
+    assert _running(jp_ec2_cloud) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"profile": "nope"}, "profile"),
+        ({"profile": "cpu", "colour": "red"}, "colour"),
+        ({"profile": "cpu", "overrides": {"volume_gb": 2}}, "overrides.volume_gb"),
+        ({"profile": "cpu", "overrides": {"volume_gb": "big"}}, "overrides.volume_gb"),
+        ({"profile": "cpu", "overrides": {"tags": {"a": "b"}}}, "overrides.tags"),
+        (
+            {"profile": "cpu", "overrides": {"instance_type": "t9.nonsense"}},
+            "overrides.instance_type",
+        ),
+        ({"profile": "cpu", "name": 7}, "name"),
+        ({"profile": 3}, "profile"),
+        ([], "body"),
+        ("{not json", "body"),
+        ("x" * (1024 * 1024), "body"),
+    ],
+)
+async def test_bad_launch_bodies_are_400_and_launch_nothing(jp_fetch, jp_ec2_cloud, body, field):
+    # Given a bad launch body
+    raw = body if isinstance(body, str) else json.dumps(body)
+    # When it is posted
+    with pytest.raises(HTTPClientError) as caught:
+        await jp_fetch("jupyter-ec2", "api", "instances", method="POST", body=raw)
+    # Then it is a 400 naming the field, and nothing was launched
+    assert caught.value.code == 400
+    assert json.loads(caught.value.response.body)["field"] == field
+    assert _running(jp_ec2_cloud) == []
+    _, listed = await _json(jp_fetch, "instances")
+    assert listed["instances"] == []
+
+
+async def test_unknown_instance_is_404(jp_fetch):
+    # Given no instance / When an unknown id is asked for, acted on or deleted / Then 404
+    for method, parts in [("GET", ()), ("POST", ("stop",)), ("DELETE", ()), ("GET", ("log",))]:
+        with pytest.raises(HTTPClientError) as caught:
+            await jp_fetch(
+                "jupyter-ec2",
+                "api",
+                "instances",
+                "i-0123456789abcdef0",
+                *parts,
+                method=method,
+                body=b"{}" if method == "POST" else None,
+                allow_nonstandard_methods=True,
+            )
+        assert caught.value.code == 404
