@@ -10,9 +10,9 @@ from traitlets.config import Config
 
 from jupyter_ec2.app import EC2Launcher
 from jupyter_ec2.aws import EC2Backend
-from jupyter_ec2.provision import Provisioner
 from jupyter_ec2.errors import ValidationError
 from jupyter_ec2.models import BUILTIN_PROFILES, Profile, load_profiles
+from jupyter_ec2.provision import Provisioner
 
 DEFAULTS = {"region": "us-east-1", "environment": {"kind": "pip", "packages": []}}
 
