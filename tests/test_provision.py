@@ -261,8 +261,12 @@ def client_key() -> KeyMaterial:
 @pytest.fixture(scope="module")
 def ssh_host(tmp_path_factory, client_key) -> Iterator[SSHHost]:
     """One instance host (a private sshd on loopback) that all instances of the module share."""
-    host = SSHHost(tmp_path_factory.mktemp("instance-host"), generate_host_key(),
-                   [client_key.public_openssh], login_user="root")
+    host = SSHHost(
+        tmp_path_factory.mktemp("instance-host"),
+        generate_host_key(),
+        [client_key.public_openssh],
+        login_user="root",
+    )
     host.start()
     try:
         yield host
@@ -314,9 +318,7 @@ def provisioned(leftovers, target, tmp_path_factory) -> Provisioned:
     result = provisioner.provision(
         target, instance_id, "/user/tester/", lambda *event: progress.append(event)
     )
-    return Provisioned(
-        instance_id, user, provisioner, result, progress, time.monotonic() - started
-    )
+    return Provisioned(instance_id, user, provisioner, result, progress, time.monotonic() - started)
 
 
 def serving(result: ProvisionResult) -> bool:
@@ -388,8 +390,9 @@ def test_managed_key_logs_in_as_the_notebook_user(provisioned, client_key, ssh_h
     assert client_key.public_openssh.split()[1] in path.read_text()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     # … and the managed key logs in as that user (the host's own key file is unreadable to it)
-    target = SSHTarget("127.0.0.1", ssh_host.host_public_key, client_key,
-                       port=ssh_host.port, user=provisioned.user)
+    target = SSHTarget(
+        "127.0.0.1", ssh_host.host_public_key, client_key, port=ssh_host.port, user=provisioned.user
+    )
     with connect(target, timeout=10) as conn:
         assert conn.run("id -un").lines == [provisioned.user]
 
@@ -511,8 +514,9 @@ def test_watchdog_runs_the_stop_command_after_the_idle_time(leftovers, target, t
     assert not trap.exists()
 
 
-async def _execute(port: int, base_url: str, token: str, kernel_id: str, code: str,
-                   during: Callable[[], None]) -> dict:
+async def _execute(
+    port: int, base_url: str, token: str, kernel_id: str, code: str, during: Callable[[], None]
+) -> dict:
     """Run ``code`` on a kernel over its websocket; call ``during()`` while it runs."""
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
@@ -528,10 +532,26 @@ async def _execute(port: int, base_url: str, token: str, kernel_id: str, code: s
         "date": datetime.now(timezone.utc).isoformat(),
         "version": "5.3",
     }
-    content = {"code": code, "silent": False, "store_history": False,
-               "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
-    await ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {},
-                                       "content": content, "channel": "shell", "buffers": []}))
+    content = {
+        "code": code,
+        "silent": False,
+        "store_history": False,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+    await ws.write_message(
+        json.dumps(
+            {
+                "header": header,
+                "parent_header": {},
+                "metadata": {},
+                "content": content,
+                "channel": "shell",
+                "buffers": [],
+            }
+        )
+    )
     reply_task = asyncio.ensure_future(_reply(ws, msg_id))
     while not reply_task.done():
         during()
@@ -546,8 +566,10 @@ async def _reply(ws, msg_id: str) -> dict:
         if message is None:
             raise AssertionError("the kernel websocket closed")
         data = json.loads(message)
-        if (data.get("msg_type") == "execute_reply"
-                and data.get("parent_header", {}).get("msg_id") == msg_id):
+        if (
+            data.get("msg_type") == "execute_reply"
+            and data.get("parent_header", {}).get("msg_id") == msg_id
+        ):
             return data
 
 
@@ -568,8 +590,16 @@ def test_watchdog_waits_while_a_kernel_executes_a_long_cell(leftovers, target, t
                 busy_seen.append(time.time())
 
     sent = time.time()
-    reply = asyncio.run(_execute(result.port, result.base_url, result.token, kernel["id"],
-                                 "import time; time.sleep(7)", watch))
+    reply = asyncio.run(
+        _execute(
+            result.port,
+            result.base_url,
+            result.token,
+            kernel["id"],
+            "import time; time.sleep(7)",
+            watch,
+        )
+    )
     finished = time.time()
     assert reply["content"]["status"] == "ok"
     # Then the watchdog saw the kernel busy and never ran the stop command meanwhile …
@@ -631,13 +661,20 @@ MB = "y" * (1024 * 1024)
         ("trait", "notebook_user", "alice\nbob", "notebook_user"),
         ("trait", "idle_stop_command", MB, "idle_stop_command"),
         ("trait", "wheel_dir", "/tmp/$(reboot)", "wheel_dir"),
-        ("call", "environment", {"kind": "pip", "packages": ["--index-url http://x"]},
-         "environment.packages"),
-        ("call", "environment", {"kind": "pip", "packages": ["numpy\nrm -rf /"]},
-         "environment.packages"),
+        (
+            "call",
+            "environment",
+            {"kind": "pip", "packages": ["--index-url http://x"]},
+            "environment.packages",
+        ),
+        (
+            "call",
+            "environment",
+            {"kind": "pip", "packages": ["numpy\nrm -rf /"]},
+            "environment.packages",
+        ),
         ("call", "environment", {"kind": "pip", "packages": [MB]}, "environment.packages"),
-        ("call", "environment", {"kind": "existing", "python": "/x; reboot"},
-         "environment.python"),
+        ("call", "environment", {"kind": "existing", "python": "/x; reboot"}, "environment.python"),
         ("call", "base_url", "/lab\n/", "base_url"),
         ("call", "base_url", "/" + MB + "/", "base_url"),
         ("call", "instance_id", "i-1; rm -rf /", "instance_id"),
@@ -654,8 +691,9 @@ def test_hostile_inputs_are_refused_before_anything_runs(
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     listener.setblocking(False)
-    counted = SSHTarget("127.0.0.1", ssh_host.host_public_key, client_key,
-                        port=listener.getsockname()[1])
+    counted = SSHTarget(
+        "127.0.0.1", ssh_host.host_public_key, client_key, port=listener.getsockname()[1]
+    )
     provisioner = make_provisioner(user, "touch /nonexistent-never-run")
     call = {"target": counted, "instance_id": instance_id, "base_url": "/"}
     try:
@@ -681,7 +719,8 @@ def test_failing_step_names_the_step_and_keeps_its_output(leftovers, target):
     # Given an `existing` interpreter without jupyter_server (Debian's python3)
     instance_id, user = leftovers.new()
     provisioner = make_provisioner(
-        user, "touch /nonexistent-never-run",
+        user,
+        "touch /nonexistent-never-run",
         environment={"kind": "existing", "python": "/usr/bin/python3"},
     )
     steps: list[str] = []
@@ -702,8 +741,9 @@ def test_non_root_login_user_runs_the_script_through_sudo(provisioned, leftovers
     # Given a login user that is not root (the provisioned notebook user, which logs in with
     # the managed key) on a host without sudo
     instance_id, user = leftovers.new()
-    provisioner = make_provisioner(user, "touch /nonexistent-never-run",
-                                   login_user=provisioned.user)
+    provisioner = make_provisioner(
+        user, "touch /nonexistent-never-run", login_user=provisioned.user
+    )
     # When provisioning runs
     with pytest.raises(ProvisionError) as err:
         provisioner.provision(target, instance_id, "/")
@@ -721,7 +761,10 @@ def test_tls_password_port_and_idle_off(leftovers, target):
     instance_id, user = leftovers.new()
     hashed = passwd("correct horse")
     provisioner = make_provisioner(
-        user, "touch /nonexistent-never-run", tls=True, password_hash=hashed,
+        user,
+        "touch /nonexistent-never-run",
+        tls=True,
+        password_hash=hashed,
         idle_stop_minutes=0,
     )
     # When the instance is provisioned on a given port
@@ -795,8 +838,12 @@ def test_proxyjump_goes_through_a_pinned_jump_host(ssh_host, client_key, tmp_pat
         assert lines == ["through"]
         assert b"Accepted publickey for root" in _new_log(jump, offset)
         # And a jump host with another key, or with no known key, is refused at once
-        wrong = SSHTarget("behind", ssh_host.host_public_key, client_key,
-                          jump_host_keys={"jumpbox": generate_ed25519().public_openssh})
+        wrong = SSHTarget(
+            "behind",
+            ssh_host.host_public_key,
+            client_key,
+            jump_host_keys={"jumpbox": generate_ed25519().public_openssh},
+        )
         with pytest.raises(HostKeyMismatchError):
             connect(wrong, ssh_config_file=config, timeout=10)
         unknown = SSHTarget("behind", ssh_host.host_public_key, client_key)
@@ -809,8 +856,9 @@ def test_proxyjump_goes_through_a_pinned_jump_host(ssh_host, client_key, tmp_pat
 def test_connect_retries_while_the_instance_boots(client_key, tmp_path):
     # Given an instance host whose sshd comes up only 1.5 s after the first attempt
     port = free_port()
-    host = SSHHost(tmp_path / "booting", generate_host_key(), [client_key.public_openssh],
-                   port=port)
+    host = SSHHost(
+        tmp_path / "booting", generate_host_key(), [client_key.public_openssh], port=port
+    )
     timer = threading.Timer(1.5, host.start)
     failures: list[str] = []
     target = SSHTarget("127.0.0.1", host.host_public_key, client_key, port=port, user="root")
@@ -830,8 +878,7 @@ def test_connect_retries_while_the_instance_boots(client_key, tmp_path):
 def test_unreachable_instance_fails_with_a_diagnosis_not_timed_out(client_key):
     # Given an address where nothing listens, and what the caller knows about the instance
     closed = ClosedPort()
-    target = SSHTarget("127.0.0.1", generate_ed25519().public_openssh, client_key,
-                       port=closed.port)
+    target = SSHTarget("127.0.0.1", generate_ed25519().public_openssh, client_key, port=closed.port)
     asked: list[bool] = []
 
     def facts() -> ConnectFacts:
@@ -867,9 +914,12 @@ def test_pip_kind_installs_from_a_local_wheel_cache(leftovers, target):
     # Given the pip kind with no extra packages, installing only from the local wheel cache
     instance_id, user = leftovers.new()
     provisioner = make_provisioner(
-        user, "touch /nonexistent-never-run",
-        environment={"kind": "pip", "packages": []}, wheel_dir=str(WHEELS),
-        idle_stop_minutes=0, ready_timeout=120,
+        user,
+        "touch /nonexistent-never-run",
+        environment={"kind": "pip", "packages": []},
+        wheel_dir=str(WHEELS),
+        idle_stop_minutes=0,
+        ready_timeout=120,
     )
     # When the instance is provisioned
     started = time.monotonic()
@@ -880,7 +930,8 @@ def test_pip_kind_installs_from_a_local_wheel_cache(leftovers, target):
     venv_python = Path(home, ".jupyter-ec2", instance_id, "venv", "bin", "python")
     assert venv_python.exists()
     check = subprocess.run(
-        [str(venv_python), "-c", "import jupyterlab, jupyter_server"], capture_output=True,
+        [str(venv_python), "-c", "import jupyterlab, jupyter_server"],
+        capture_output=True,
         check=False,
     )
     assert check.returncode == 0, check.stderr
@@ -892,4 +943,3 @@ def test_pip_kind_installs_from_a_local_wheel_cache(leftovers, target):
     again = provisioner.provision(target, instance_id, "/", token=result.token)
     assert again.changed_steps == ()
     print(f"pip kind: {seconds:.1f} s from the wheel cache")
-

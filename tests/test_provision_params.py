@@ -84,9 +84,7 @@ def test_jupyter_config_is_loopback_tokened_and_under_the_proxy_path():
     # Given a local server at /user/alice/ and a fresh token
     token = new_token()
     # When the remote config is built
-    config = build_jupyter_config(
-        instance_id=IID, base_url="/user/alice/", token=token, port=8123
-    )
+    config = build_jupyter_config(instance_id=IID, base_url="/user/alice/", token=token, port=8123)
     # Then it binds loopback, uses the token and the proxied base_url, opens no browser
     app = config["ServerApp"]
     assert app["ip"] == "127.0.0.1"
@@ -189,20 +187,26 @@ MB = "x" * (1024 * 1024)
         ({"notebook_user": "Alice"}, "notebook_user"),
         ({"notebook_user": MB}, "notebook_user"),
         ({"login_user": "$(id)"}, "login_user"),
-        ({"environment": {"kind": "pip", "packages": ["--index-url http://x"]}},
-         "environment.packages"),
-        ({"environment": {"kind": "pip", "packages": ["numpy\nrm -rf /"]}},
-         "environment.packages"),
-        ({"environment": {"kind": "pip", "packages": ["numpy; rm -rf /"]}},
-         "environment.packages"),
+        (
+            {"environment": {"kind": "pip", "packages": ["--index-url http://x"]}},
+            "environment.packages",
+        ),
+        ({"environment": {"kind": "pip", "packages": ["numpy\nrm -rf /"]}}, "environment.packages"),
+        ({"environment": {"kind": "pip", "packages": ["numpy; rm -rf /"]}}, "environment.packages"),
         ({"environment": {"kind": "pip", "packages": [MB]}}, "environment.packages"),
-        ({"environment": {"kind": "pip", "packages": ["x @ http://evil/x.whl"]}},
-         "environment.packages"),
+        (
+            {"environment": {"kind": "pip", "packages": ["x @ http://evil/x.whl"]}},
+            "environment.packages",
+        ),
         ({"environment": {"kind": "existing", "python": "python3"}}, "environment.python"),
-        ({"environment": {"kind": "existing", "python": "/opt/$(id)/python"}},
-         "environment.python"),
-        ({"environment": {"kind": "conda", "installer_url": "http://x/m.sh"}},
-         "environment.installer_url"),
+        (
+            {"environment": {"kind": "existing", "python": "/opt/$(id)/python"}},
+            "environment.python",
+        ),
+        (
+            {"environment": {"kind": "conda", "installer_url": "http://x/m.sh"}},
+            "environment.installer_url",
+        ),
         ({"environment": {"kind": "docker"}}, "environment.kind"),
         ({"idle_stop_command": MB}, "idle_stop_command"),
         ({"idle_stop_command": "touch /x\nreboot"}, "idle_stop_command"),
@@ -246,8 +250,10 @@ def test_provisioner_traits_refuse_bad_values_naming_the_field():
     # Given hostile or weak configuration values
     cases = [
         ({"notebook_user": "alice; rm -rf /"}, "notebook_user"),
-        ({"environment": {"kind": "pip", "packages": ["--index-url http://x"]}},
-         "environment.packages"),
+        (
+            {"environment": {"kind": "pip", "packages": ["--index-url http://x"]}},
+            "environment.packages",
+        ),
         ({"password_hash": "sha1:aa:bb"}, "password_hash"),
         ({"idle_stop_command": "reboot\nnow"}, "idle_stop_command"),
         ({"wheel_dir": "wheels"}, "wheel_dir"),
@@ -378,13 +384,17 @@ def _valid_spec(spec):
     return True
 
 
-PACKAGE = st.tuples(
-    _NAME,
-    st.lists(_NAME, max_size=2),
-    st.sampled_from(["", "==", ">=", "<=", "!=", "~=", ">", "<"]),
-    _VERSION,
-    _MARKERS,
-).map(_spec).filter(_valid_spec)
+PACKAGE = (
+    st.tuples(
+        _NAME,
+        st.lists(_NAME, max_size=2),
+        st.sampled_from(["", "==", ">=", "<=", "!=", "~=", ">", "<"]),
+        _VERSION,
+        _MARKERS,
+    )
+    .map(_spec)
+    .filter(_valid_spec)
+)
 
 WORD = st.text(
     alphabet=st.characters(categories=["L", "M", "N", "P", "S"], include_characters=" "),
@@ -407,10 +417,12 @@ ENVIRONMENT = st.one_of(
     ),
 )
 PASSWORD = st.tuples(st.binary(min_size=16, max_size=16), st.binary(min_size=32, max_size=32)).map(
-    lambda sh: "argon2:$argon2id$v=19$m=10240,t=10,p=8$"
-    + base64.b64encode(sh[0]).decode().rstrip("=")
-    + "$"
-    + base64.b64encode(sh[1]).decode().rstrip("=")
+    lambda sh: (
+        "argon2:$argon2id$v=19$m=10240,t=10,p=8$"
+        + base64.b64encode(sh[0]).decode().rstrip("=")
+        + "$"
+        + base64.b64encode(sh[1]).decode().rstrip("=")
+    )
 )
 
 
@@ -479,9 +491,7 @@ def test_idle_clock_counts_from_the_last_kernel_or_terminal_activity():
 def test_idle_clock_never_stops_while_a_kernel_is_busy():
     # Given a clock of 60 s and a kernel busy for ten minutes with no new messages
     clock = wd.IdleClock(60, 0.0)
-    busy = wd.summarize(
-        [{"execution_state": "busy", "last_activity": "1970-01-01T00:00:01Z"}], []
-    )
+    busy = wd.summarize([{"execution_state": "busy", "last_activity": "1970-01-01T00:00:01Z"}], [])
     # When the watchdog polls during that time
     for now in range(0, 600, 5):
         clock.observe(busy, float(now))
@@ -512,8 +522,14 @@ def test_watchdog_parses_jupyter_timestamps():
 def test_idle_status_counts_down_on_the_local_clock():
     # Given a status written when the instance's clock said 1000, stopping at 1180
     status = IdleStatus.from_json(
-        {"enabled": True, "idle_stop_minutes": 3, "idle_since": 1000, "stops_at": 1180,
-         "now": 1000, "server": "up"},
+        {
+            "enabled": True,
+            "idle_stop_minutes": 3,
+            "idle_since": 1000,
+            "stops_at": 1180,
+            "now": 1000,
+            "server": "up",
+        },
         read_at=50.0,
     )
     # Then 30 s later on this machine's (different) clock, 150 s are left
@@ -554,8 +570,16 @@ def test_only_the_pinned_key_type_is_offered():
 
 
 def _failure(kind, **extra):
-    values = dict(kind=kind, detail="x", host="203.0.113.7", address="203.0.113.7", port=22,
-                  user="ubuntu", attempts=12, elapsed=300.0)
+    values = dict(
+        kind=kind,
+        detail="x",
+        host="203.0.113.7",
+        address="203.0.113.7",
+        port=22,
+        user="ubuntu",
+        attempts=12,
+        elapsed=300.0,
+    )
     values.update(extra)
     return ConnectFailure(**values)
 
@@ -564,20 +588,38 @@ def _failure(kind, **extra):
     ("kind", "facts", "words"),
     [
         ("timeout", ConnectFacts(instance_state="stopped"), "stopped, not running"),
-        ("timeout", ConnectFacts(instance_state="running", public_address=None),
-         "no public address"),
-        ("timeout",
-         ConnectFacts(instance_state="running", public_address="203.0.113.7",
-                      caller_address="198.51.100.20", allowed_cidrs=("192.0.2.1/32",),
-                      security_group="sg-1"),
-         "admits SSH only from 192.0.2.1/32, but this machine's address is 198.51.100.20"),
-        ("timeout",
-         ConnectFacts(instance_state="running", public_address="203.0.113.7",
-                      caller_address="198.51.100.20", allowed_cidrs=("198.51.100.20/32",)),
-         "Nothing answered"),
+        (
+            "timeout",
+            ConnectFacts(instance_state="running", public_address=None),
+            "no public address",
+        ),
+        (
+            "timeout",
+            ConnectFacts(
+                instance_state="running",
+                public_address="203.0.113.7",
+                caller_address="198.51.100.20",
+                allowed_cidrs=("192.0.2.1/32",),
+                security_group="sg-1",
+            ),
+            "admits SSH only from 192.0.2.1/32, but this machine's address is 198.51.100.20",
+        ),
+        (
+            "timeout",
+            ConnectFacts(
+                instance_state="running",
+                public_address="203.0.113.7",
+                caller_address="198.51.100.20",
+                allowed_cidrs=("198.51.100.20/32",),
+            ),
+            "Nothing answered",
+        ),
         ("refused", None, "refused the connection"),
-        ("auth", ConnectFacts(instance_state="running", public_address="203.0.113.7"),
-         "did not accept the managed key for user ubuntu"),
+        (
+            "auth",
+            ConnectFacts(instance_state="running", public_address="203.0.113.7"),
+            "did not accept the managed key for user ubuntu",
+        ),
         ("dns", None, "could not be resolved"),
     ],
 )
