@@ -93,6 +93,15 @@ class EC2Launcher(ExtensionApp):
         'direct': the forwarded 127.0.0.1 port with the token, for a browser on this machine.""",
     ).tag(config=True)
 
+    on_failure = Enum(
+        ["stop", "terminate", "keep"],
+        default_value="stop",
+        help="""What happens to an instance whose launch or provisioning failed. 'stop' (default):
+        it is stopped, so it costs no compute, and shown as failed with its step, message and
+        log, with Start (retry) and Terminate buttons. 'terminate': it is deleted. 'keep': it
+        keeps running, for debugging over SSH (it still stops itself when idle).""",
+    ).tag(config=True)
+
     state_dir = Unicode(
         help="""Where jupyter-ec2 keeps its state: the SSH key pair, pinned host keys, remote
         tokens and instance records, all in files only you can read (0600, directory 0700).""",
@@ -140,6 +149,7 @@ class EC2Launcher(ExtensionApp):
             profiles=self.profile_set,
             base_url=self.serverapp.base_url if self.serverapp else "/",
             open_mode=self.open_mode,
+            on_failure=self.on_failure,
         )
 
         def remote_lookup(instance_id: str) -> RemoteEndpoint | None:

@@ -128,12 +128,8 @@ class LaunchManager(LoggingConfigurable):
     base_url = Instance(str, args=("/",), help="The local server's base_url.")
 
     on_failure = Enum(
-        ["stop", "terminate", "keep"],
-        default_value="stop",
-        help="""What happens to an instance whose launch or provisioning failed. 'stop' (default):
-        it is stopped, so it costs no compute, and shown as failed with its log and a Terminate
-        button. 'terminate': it is deleted. 'keep': it keeps running, for debugging over SSH.""",
-    ).tag(config=True)
+        ["stop", "terminate", "keep"], default_value="stop", help="See EC2Launcher.on_failure."
+    )
 
     open_mode = Enum(["proxy", "direct"], default_value="proxy", help="See EC2Launcher.open_mode.")
 
