@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 from tornado.httpclient import HTTPClientError
 
@@ -67,6 +68,11 @@ def jp_server_config(
         idle_stop_command=f"touch {idle_marker}",
         profiles={
             **jp_ec2_profiles,
+            "idle": {
+                "display_name": "Idle quickly",
+                "instance_type": "t3.small",
+                "idle_stop_minutes": 0.25,
+            },
             "broken": {
                 "display_name": "Broken",
                 "instance_type": "t3.small",
@@ -75,7 +81,7 @@ def jp_server_config(
         },
     )
     config["ServerApp"]["allow_unauthenticated_access"] = False
-    config["LaunchManager"] = {"poll_fast": 0.2, "poll_slow": 1.0}
+    config["LaunchManager"] = {"poll_fast": 0.2, "poll_slow": 1.0, "idle_check_interval": 0.5}
     config["Provisioner"]["wheel_dir"] = str(tmp_path / "empty-wheels")
     (tmp_path / "empty-wheels").mkdir()
     return config
@@ -122,23 +128,20 @@ def _running(cloud) -> list[str]:
     return [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
 
 
-def _forward_threads() -> list[str]:
-    return [
-        t.name
+def _forward_threads() -> set[threading.Thread]:
+    """Threads of SSH connections and forwards (paramiko transports, the forward's own)."""
+    return {
+        t
         for t in threading.enumerate()
-        if "forward" in t.name.lower()
-        or "paramiko" in t.name.lower()
-        or t.name.startswith("Thread-")
-        and t.daemon
-        and "Transport" in type(t).__name__
-    ]
+        if isinstance(t, paramiko.Transport) or t.name.startswith("forward-")
+    }
 
 
 async def test_launch_ready_open_stop_start_terminate(
     jp_fetch, jp_ec2_cloud, jp_ec2_hosts, jp_base_url
 ):
     # Given a server with the extension on the simulated cloud and no instance
-    threads_before = set(_forward_threads())
+    threads_before = _forward_threads()
     # When the cpu profile is launched
     code, inst = await _json(jp_fetch, "instances", method="POST", body={"profile": "cpu"})
     # Then the answer is 202 with the instance in phase launching
@@ -196,9 +199,9 @@ async def test_launch_ready_open_stop_start_terminate(
     await asyncio.to_thread(jp_ec2_hosts.sync)
     assert jp_ec2_hosts.host_for(instance_id) is None
     deadline = time.monotonic() + 10
-    while set(_forward_threads()) - threads_before and time.monotonic() < deadline:
+    while _forward_threads() - threads_before and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-    assert set(_forward_threads()) - threads_before == set()
+    assert _forward_threads() - threads_before == set()
 
 
 async def test_restart_reattaches_without_provisioning(jp_fetch, jp_serverapp):
@@ -258,6 +261,34 @@ async def test_provisioning_failure_is_stopped_and_terminable(jp_fetch, jp_ec2_c
     assert code == 202
     await _wait_phase(jp_fetch, inst["id"], {"terminated"}, timeout=30)
     assert _running(jp_ec2_cloud) == []
+
+
+async def test_idle_countdown_auto_stop_and_outside_stop(jp_fetch, jp_ec2_cloud, idle_marker):
+    # Given an instance whose profile stops it after 15 idle seconds
+    _, inst = await _json(jp_fetch, "instances", method="POST", body={"profile": "idle"})
+    await _wait_phase(jp_fetch, inst["id"], {"ready"})
+    # When nothing runs on it
+    deadline = time.monotonic() + 30
+    message = ""
+    while "stops in" not in message and time.monotonic() < deadline:
+        _, ready = await _json(jp_fetch, "instances", inst["id"])
+        message = ready["message"]
+        await asyncio.sleep(0.2)
+    # Then the panel's message counts down to the idle auto-stop
+    assert "idle, stops in" in message
+    # And the watchdog on the instance runs the (harmless) stop command when the time is up
+    deadline = time.monotonic() + 40
+    while not idle_marker.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert idle_marker.exists()
+
+    # When the instance is stopped outside jupyter-ec2 (the console, or a real idle stop)
+    await asyncio.to_thread(jp_ec2_cloud.client().stop_instances, InstanceIds=[inst["id"]])
+    # Then the poller notices: stopped, forward closed, no url
+    stopped = await _wait_phase(jp_fetch, inst["id"], {"stopped"}, timeout=30)
+    assert stopped["tunnel"] is None and stopped["url"] is None
+    await _json(jp_fetch, "instances", inst["id"], method="DELETE")
+    await _wait_phase(jp_fetch, inst["id"], {"terminated"}, timeout=30)
 
 
 @pytest.mark.parametrize(
