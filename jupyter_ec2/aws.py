@@ -875,7 +875,7 @@ class EC2Backend(LoggingConfigurable):
         # Set before super().__init__: trait observers fire while it applies the kwargs.
         self._lock = threading.RLock()
         self._session: Any = None
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple[str, str], Any] = {}
         self._images: dict[tuple[str, str, str], tuple[float, ImageInfo]] = {}
         self._type_arch: dict[tuple[str, str], str] = {}
         super().__init__(**kwargs)
@@ -932,11 +932,15 @@ class EC2Backend(LoggingConfigurable):
 
     # -- clients ----------------------------------------------------------------------------------
 
-    def client(self, region: str | None = None) -> Any:
-        """The (cached, thread-safe) EC2 client of a region; the region is checked first."""
+    def client(self, region: str | None = None, service: str = "ec2") -> Any:
+        """The (cached, thread-safe) client of a region (EC2, or ``pricing`` for $/h).
+
+        The region is checked first; ``endpoint_url`` applies to every service, as an
+        EC2-compatible endpoint (moto, LocalStack) serves them all on one URL.
+        """
         region = validate_region(region or self.region)
         with self._lock:
-            cached = self._clients.get(region)
+            cached = self._clients.get((service, region))
             if cached is not None:
                 return cached
             import boto3
@@ -957,11 +961,14 @@ class EC2Backend(LoggingConfigurable):
                     user_agent_extra=f"jupyter-ec2/{__version__}",
                 )
                 client = self._session.client(
-                    "ec2", region_name=region, endpoint_url=self.endpoint_url or None, config=config
+                    service,
+                    region_name=region,
+                    endpoint_url=self.endpoint_url or None,
+                    config=config,
                 )
             except (ClientError, BotoCoreError) as err:
                 raise translate_error(err, action="connect", region=region) from err
-            self._clients[region] = client
+            self._clients[(service, region)] = client
             return client
 
     @contextlib.contextmanager

@@ -29,6 +29,7 @@ from traitlets.config import LoggingConfigurable
 
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .models import LaunchRequest, Phase, Profile, ProfileSet
+from .pricing import PriceCatalog
 
 #: Phases in which something is expected to change soon: the poller runs fast then.
 TRANSITIONAL = {
@@ -159,6 +160,9 @@ class LaunchManager(LoggingConfigurable):
         self._closing = False
         self._last_idle_check: dict[str, float] = {}
         self.aws_calls = 0  # describe calls made by the poller, for the benchmarks
+        self.prices = PriceCatalog(
+            lambda service, region: self.backend.client(region, service=service), self.log
+        )
 
     # -- start-up and shut-down ------------------------------------------------------------------
 
@@ -318,7 +322,14 @@ class LaunchManager(LoggingConfigurable):
         self._save(record)
         self.store.delete_json(f"launch-{launch_id}")
         self._run(record, self._bring_up(record, profile, fresh=True))
+        self._run_detached(self._look_up_price(record, profile.spot))
         return self.to_json(record)
+
+    async def _look_up_price(self, record: InstanceRecord, spot: bool) -> None:
+        """Fill ``hourly_usd`` when AWS states a price (None stays "unknown")."""
+        record.hourly_usd = await self._thread(
+            self.prices.hourly_usd, record.region, record.instance_type, spot
+        )
 
     async def stop_instance(self, instance_id: str) -> dict[str, Any]:
         """Stop an instance: close its forward, then ask EC2 to stop it."""
@@ -630,6 +641,7 @@ class LaunchManager(LoggingConfigurable):
             address=inst.public_ip or inst.public_dns or inst.private_ip,
         )
         self.records[record.id] = record
+        self._run_detached(self._look_up_price(record, inst.spot))
         if inst.launch_id:
             # A launch that crashed between RunInstances and saving its record.
             self.store.delete_json(f"launch-{inst.launch_id}")
