@@ -333,38 +333,37 @@ class LaunchManager(LoggingConfigurable):
 
     async def stop_instance(self, instance_id: str) -> dict[str, Any]:
         """Stop an instance: close its forward, then ask EC2 to stop it."""
-        record = self.get(instance_id)
-        self._allow(
-            record,
+        return await self._shut_down(
+            instance_id,
             "stop",
-            {Phase.STOPPED, Phase.STOPPING, Phase.TERMINATING, Phase.TERMINATED, Phase.LAUNCHING},
+            Phase.STOPPING,
+            self.backend.stop,
+            refused={Phase.STOPPED, Phase.STOPPING, Phase.LAUNCHING},
         )
-        await self._cancel_task(record)
-        self._set_phase(record, Phase.STOPPING, "Stopping the instance.")
-        await self._close_forward(record)
-        try:
-            await self._thread(self.backend.stop, [record.id], record.region)
-        except EC2LauncherError as err:
-            self._fail(record, "stop", err.message)
-            raise
-        self._changed.set()
-        return self.to_json(record)
+
+    async def terminate(self, instance_id: str) -> dict[str, Any]:
+        """Terminate an instance: everything on its disk is lost."""
+        return await self._shut_down(
+            instance_id, "terminate", Phase.TERMINATING, self.backend.terminate, refused=set()
+        )
 
     async def start_instance(self, instance_id: str) -> dict[str, Any]:
         """Start a stopped instance and bring its notebook server back."""
         record = self.get(instance_id)
-        if record.phase == Phase.FAILED and record.ec2_state == "stopped":
-            pass  # a failed launch that was stopped may be retried
-        elif record.phase != Phase.STOPPED:
+        retry = record.phase == Phase.FAILED and record.ec2_state == "stopped"
+        if record.phase != Phase.STOPPED and not retry:
             raise ConflictError(
                 f"Instance {record.id} is {record.phase.value}; only a stopped instance can start."
             )
-        profile = self._profile_of(record)
-        await self._thread(self.backend.start, [record.id], record.region)
-        record.error = None
-        record.ec2_state = "pending"
-        self._set_phase(record, Phase.BOOTING, "Starting the instance.")
-        self._run(record, self._bring_up(record, profile, fresh=not record.provisioned))
+        async with self._action(record):
+            await self._thread(self.backend.start, [record.id], record.region)
+            record.error = None
+            record.ec2_state = "pending"
+            self._set_phase(record, Phase.BOOTING, "Starting the instance.")
+            self._run(
+                record,
+                self._bring_up(record, self._profile_of(record), fresh=not record.provisioned),
+            )
         return self.to_json(record)
 
     async def reconnect(self, instance_id: str) -> dict[str, Any]:
@@ -376,29 +375,55 @@ class LaunchManager(LoggingConfigurable):
             raise ConflictError(
                 f"Instance {record.id} is {record.phase.value}; reconnect needs a running instance."
             )
-        await self._cancel_task(record)
-        await self._close_forward(record)
-        record.error = None
-        self._set_phase(record, Phase.CONNECTING, "Reconnecting.")
-        self._run(
-            record, self._bring_up(record, self._profile_of(record), fresh=not record.provisioned)
-        )
+        async with self._action(record):
+            await self._cancel_task(record)
+            await self._close_forward(record)
+            record.error = None
+            self._set_phase(record, Phase.CONNECTING, "Reconnecting.")
+            self._run(
+                record,
+                self._bring_up(record, self._profile_of(record), fresh=not record.provisioned),
+            )
         return self.to_json(record)
 
-    async def terminate(self, instance_id: str) -> dict[str, Any]:
-        """Terminate an instance: everything on its disk is lost."""
+    async def _shut_down(
+        self,
+        instance_id: str,
+        action: str,
+        phase: Phase,
+        call: Callable[..., Any],
+        refused: set[Phase],
+    ) -> dict[str, Any]:
+        """Stop or terminate: cancel the task, close the forward, then ask EC2."""
         record = self.get(instance_id)
-        self._allow(record, "terminate", {Phase.TERMINATING, Phase.TERMINATED})
-        await self._cancel_task(record)
-        self._set_phase(record, Phase.TERMINATING, "Terminating the instance.")
-        await self._close_forward(record)
-        try:
-            await self._thread(self.backend.terminate, [record.id], record.region)
-        except EC2LauncherError as err:
-            self._fail(record, "terminate", err.message)
-            raise
+        if record.phase in refused | {Phase.TERMINATING, Phase.TERMINATED}:
+            raise ConflictError(
+                f"Instance {record.id} is {record.phase.value}; cannot {action} it now."
+            )
+        async with self._action(record):
+            await self._cancel_task(record)
+            self._set_phase(record, phase, f"Asking EC2 to {action} the instance.")
+            await self._close_forward(record)
+            try:
+                await self._thread(call, [record.id], record.region)
+            except EC2LauncherError as err:
+                self._fail(record, action, err.message)
+                raise
         self._changed.set()
         return self.to_json(record)
+
+    @contextlib.asynccontextmanager
+    async def _action(self, record: InstanceRecord) -> Any:
+        """Serialise user actions on one instance: a second one while the first runs is a 409."""
+        if record.busy:
+            raise ConflictError(
+                f"Another action on {record.id} is still running; try again in a moment."
+            )
+        record.busy = True
+        try:
+            yield
+        finally:
+            record.busy = False
 
     # -- the lifecycle task ----------------------------------------------------------------------
 
@@ -481,9 +506,10 @@ class LaunchManager(LoggingConfigurable):
             functools.partial(
                 self.tunnels.open,
                 record.id,
-                self._tunnel_target(target),
+                target,
                 record.remote_port,
                 local_port=record.local_port,
+                ssh_config_file=self.provisioner.ssh_config_file,
             )
         )
         record.local_port = forward.local_port
@@ -698,18 +724,6 @@ class LaunchManager(LoggingConfigurable):
 
         return facts
 
-    def _tunnel_target(self, target: Any) -> Any:
-        """The forward's view of an SSH target (same host, pinned key, login key, ssh_config)."""
-        from .tunnel import SSHTarget as TunnelTarget
-
-        return TunnelTarget(
-            host=target.host,
-            username=self.provisioner.login_user,
-            private_key=target.client_key.private_openssh,
-            host_key=target.host_public_key,
-            ssh_config_file=self.provisioner.ssh_config_file,
-        )
-
     def _target(self, record: InstanceRecord) -> Any:
         """Where and how to reach an instance over SSH (called in a worker thread)."""
         from .provision.ssh import SSHTarget
@@ -790,12 +804,6 @@ class LaunchManager(LoggingConfigurable):
         elif state in ("reconnecting", "down") and record.phase == Phase.READY:
             self._set_phase(record, Phase.DEGRADED, "The forward was lost; reconnecting.")
         self._log(record, "forward", f"Forward {state}.")
-
-    def _allow(self, record: InstanceRecord, action: str, refused: set[Phase]) -> None:
-        if record.phase in refused:
-            raise ConflictError(
-                f"Instance {record.id} is {record.phase.value}; cannot {action} it now."
-            )
 
     def _set_phase(self, record: InstanceRecord, phase: Phase, message: str) -> None:
         record.phase = phase

@@ -172,10 +172,21 @@ async def test_launch_ready_open_stop_start_terminate(
         await _json(jp_fetch, "instances", instance_id, "start", method="POST", body={})
     assert caught.value.code == 409
 
-    # When it is stopped
+    # When it is stopped, twice at the same moment (two tabs)
     address_before = jp_ec2_hosts.addresses(instance_id)
-    code, inst = await _json(jp_fetch, "instances", instance_id, "stop", method="POST", body={})
-    assert code == 202 and inst["phase"] == "stopping"
+    results = await asyncio.gather(
+        *[
+            _json(jp_fetch, "instances", instance_id, "stop", method="POST", body={})
+            for _ in range(2)
+        ],
+        return_exceptions=True,
+    )
+    # Then one is accepted and the other is a conflict
+    accepted = [r for r in results if isinstance(r, tuple)]
+    refused = [r for r in results if isinstance(r, HTTPClientError)]
+    assert len(accepted) == 1 and len(refused) == 1, results
+    assert accepted[0][0] == 202 and accepted[0][1]["phase"] == "stopping"
+    assert refused[0].code == 409
     stopped = await _wait_phase(jp_fetch, instance_id, {"stopped"})
     # Then the forward is closed, the url gone and the host down
     assert stopped["tunnel"] is None and stopped["url"] is None
