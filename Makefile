@@ -14,6 +14,8 @@ JUPYTER := $(VENV)/bin/jupyter
 # `existing` environment kind in tests and the demo, and a wheel cache for the `pip` kind.
 SIM_DIR ?= /opt/jupyter-ec2-sim
 IMAGE_PY := $(SIM_DIR)/image-python/bin/python
+# Bump when the image's packages change, so existing machines get them too.
+IMAGE_STAMP := $(SIM_DIR)/image-python/.image-v2
 WHEELS := $(SIM_DIR)/wheels
 # Builds must never fetch anything but npm packages: a closed loopback proxy makes any other
 # download fail at once, on this machine (NOTES.md: the builder's core-meta fallback).
@@ -77,18 +79,19 @@ $(VENV)/.installed: $(VENV)/.base jupyter_ec2/labextension/static/style.js pypro
 	$(JUPYTER) server extension enable --sys-prefix jupyter_ec2 >/dev/null
 	touch $@
 
-sim-image: $(IMAGE_PY) $(WHEELS)/.done
+sim-image: $(IMAGE_STAMP) $(WHEELS)/.done
 
-$(IMAGE_PY):
+$(IMAGE_STAMP):
 	@[ "$$(id -u)" = 0 ] || [ -w "$$(dirname $(SIM_DIR))" ] || { echo "$(SIM_DIR) must be writable: run 'sudo make sim-image' once, or set SIM_DIR"; exit 1; }
 	mkdir -p $(SIM_DIR) && chmod 755 $(SIM_DIR)
-	/usr/bin/python3 -m venv $(SIM_DIR)/image-python
+	[ -x $(IMAGE_PY) ] || /usr/bin/python3 -m venv $(SIM_DIR)/image-python
 	$(SIM_DIR)/image-python/bin/pip install -q --upgrade pip
-	$(SIM_DIR)/image-python/bin/pip install -q jupyter_server ipykernel
+	$(SIM_DIR)/image-python/bin/pip install -q jupyter_server ipykernel jupyterlab
 	chmod -R a+rX $(SIM_DIR)
+	touch $@
 
 # Downloaded by the image's interpreter, so the wheels fit its Python (Debian's, not the venv's).
-$(WHEELS)/.done: $(IMAGE_PY)
+$(WHEELS)/.done: $(IMAGE_STAMP)
 	mkdir -p $(WHEELS)
 	$(SIM_DIR)/image-python/bin/pip download -q -d $(WHEELS) jupyterlab
 	chmod -R a+rX $(SIM_DIR)

@@ -17,17 +17,19 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { addCommands, PanelTracker } from './commands';
 import { ProfileTiles } from './launcher';
 import { EC2Model } from './model';
-import { ErrorNotifier } from './notifications';
+import { ErrorNotifier, InstanceNotifier } from './notifications';
+import { ProfilePaletteItems } from './palette';
 import {
   CATEGORY,
   CommandIDs,
+  DEFAULT_AUTO_OPEN,
   DEFAULT_REFRESH_SECONDS,
   PANEL_ID,
   PLUGIN_ID,
   TRACKER_NAMESPACE
 } from './tokens';
 
-/** Launcher tiles, the palette command and the restorable "EC2 instances" panel. */
+/** Launcher tiles, palette commands, notifications and the restorable "EC2 instances" panel. */
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description: 'Launch, provision and open Jupyter on your own EC2 instances.',
@@ -46,15 +48,40 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const tracker: PanelTracker = new WidgetTracker({
       namespace: TRACKER_NAMESPACE
     });
-    addCommands(app, model, tracker);
+    const notifier = new InstanceNotifier(model, {
+      showPanel: () => void app.commands.execute(CommandIDs.openPanel),
+      showLog: id => {
+        if (!model.log(id)) {
+          void app.commands.execute(CommandIDs.toggleLog, { id });
+        } else {
+          void app.commands.execute(CommandIDs.openPanel);
+        }
+      }
+    });
+    addCommands(app, model, tracker, notifier);
     new ErrorNotifier(model);
 
     if (launcher) {
       new ProfileTiles(launcher, model);
     }
     if (palette) {
-      palette.addItem({ command: CommandIDs.openPanel, category: CATEGORY });
-      palette.addItem({ command: CommandIDs.refresh, category: CATEGORY });
+      [
+        CommandIDs.openPanel,
+        CommandIDs.refresh,
+        CommandIDs.openInstance,
+        CommandIDs.startInstance,
+        CommandIDs.stopInstance,
+        CommandIDs.reconnectInstance,
+        CommandIDs.terminateInstance,
+        CommandIDs.toggleLog
+      ].forEach(command =>
+        palette.addItem({
+          command,
+          category: CATEGORY,
+          args: { isPalette: true }
+        })
+      );
+      new ProfilePaletteItems(palette, model);
     }
     if (restorer) {
       void restorer.restore(tracker, {
@@ -67,6 +94,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
         const seconds = settings.get('refreshSeconds').composite;
         model.refreshSeconds =
           typeof seconds === 'number' ? seconds : DEFAULT_REFRESH_SECONDS;
+        const autoOpen = settings.get('autoOpen').composite;
+        notifier.autoOpen =
+          typeof autoOpen === 'boolean' ? autoOpen : DEFAULT_AUTO_OPEN;
       };
       settingRegistry
         .load(PLUGIN_ID)

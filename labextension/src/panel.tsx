@@ -1,5 +1,8 @@
 /**
  * The "EC2 instances" panel: renders the model, never fetches.
+ *
+ * Buttons run the extension's commands (with the instance's `id`), so the panel, the palette
+ * and keyboard shortcuts behave alike.
  */
 import { MainAreaWidget } from '@jupyterlab/apputils';
 import {
@@ -10,28 +13,79 @@ import {
 import { CommandRegistry } from '@lumino/commands';
 import * as React from 'react';
 
-import { ProfileList, StatusBanner } from './components';
+import {
+  CredentialsHelp,
+  InstanceList,
+  LaunchForm,
+  ProfileList,
+  StatusBanner
+} from './components';
 import { ec2Icon } from './icons';
 import { EC2Model } from './model';
-import { CommandIDs, PANEL_ID } from './tokens';
+import {
+  CommandIDs,
+  IInstance,
+  ILaunchRequest,
+  InstanceAction,
+  PANEL_ID
+} from './tokens';
 
 /** The panel's title, tab label and palette label. */
 export const PANEL_TITLE = 'EC2 instances';
 
+/** Launches from the form; rejects with the server's error so the form can show it. */
+export type LaunchFunction = (request: ILaunchRequest) => Promise<unknown>;
+
+/** The command that does each action of an instance card. */
+export const ACTION_COMMANDS: Readonly<Record<InstanceAction, string>> = {
+  open: CommandIDs.openInstance,
+  stop: CommandIDs.stopInstance,
+  start: CommandIDs.startInstance,
+  reconnect: CommandIDs.reconnectInstance,
+  terminate: CommandIDs.terminateInstance,
+  log: CommandIDs.toggleLog
+};
+
 /** Properties of a {@link PanelView}. */
 export interface IPanelViewProps {
   model: EC2Model;
+  commands: CommandRegistry;
+  launch: LaunchFunction;
 }
 
 /** The whole panel for one state of the model. */
 export function PanelView(props: IPanelViewProps): JSX.Element {
-  const { model } = props;
+  const { model, commands, launch } = props;
   const onSelect = (name: string): void => model.select(name);
+  const onAction = (action: InstanceAction, instance: IInstance): void => {
+    void commands.execute(ACTION_COMMANDS[action], { id: instance.id });
+  };
   return (
     <div className="jp-ec2-panel-body" data-status={model.status}>
       <StatusBanner status={model.status} error={model.error} />
+      {model.credentialsProblem !== null && (
+        <div
+          className="jp-ec2-banner jp-ec2-banner-error"
+          role="alert"
+          data-testid="ec2-credentials"
+        >
+          <p>
+            <strong>AWS credentials are not configured.</strong>
+          </p>
+          <CredentialsHelp />
+        </div>
+      )}
       {model.status === 'ready' && (
         <>
+          <section
+            className="jp-ec2-section"
+            aria-labelledby="jp-ec2-instances-h"
+          >
+            <h2 id="jp-ec2-instances-h" className="jp-ec2-section-title">
+              Instances
+            </h2>
+            <InstanceList model={model} onAction={onAction} />
+          </section>
           <section
             className="jp-ec2-section"
             aria-labelledby="jp-ec2-profiles-h"
@@ -46,17 +100,22 @@ export function PanelView(props: IPanelViewProps): JSX.Element {
               onSelect={onSelect}
             />
           </section>
-          <section
-            className="jp-ec2-section"
-            aria-labelledby="jp-ec2-instances-h"
-          >
-            <h2 id="jp-ec2-instances-h" className="jp-ec2-section-title">
-              Instances
-            </h2>
-            <p className="jp-ec2-empty" data-testid="ec2-no-instances">
-              No instances yet.
-            </p>
-          </section>
+          {model.profiles.length > 0 && (
+            <section
+              className="jp-ec2-section"
+              aria-labelledby="jp-ec2-launch-h"
+            >
+              <h2 id="jp-ec2-launch-h" className="jp-ec2-section-title">
+                Launch an instance
+              </h2>
+              <LaunchForm
+                profiles={model.profiles}
+                selected={model.selected}
+                onSelect={onSelect}
+                onLaunch={launch}
+              />
+            </section>
+          )}
         </>
       )}
     </div>
@@ -65,9 +124,11 @@ export function PanelView(props: IPanelViewProps): JSX.Element {
 
 /** The panel's content: re-renders {@link PanelView} on every model change. */
 export class EC2Panel extends ReactWidget {
-  constructor(model: EC2Model) {
+  constructor(options: EC2Panel.IOptions) {
     super();
-    this.model = model;
+    this.model = options.model;
+    this._commands = options.commands;
+    this._launch = options.launch;
     this.addClass('jp-ec2-panel');
     this.node.dataset.testid = 'ec2-panel';
   }
@@ -78,18 +139,36 @@ export class EC2Panel extends ReactWidget {
   protected render(): JSX.Element {
     return (
       <UseSignal signal={this.model.changed}>
-        {() => <PanelView model={this.model} />}
+        {() => (
+          <PanelView
+            model={this.model}
+            commands={this._commands}
+            launch={this._launch}
+          />
+        )}
       </UseSignal>
     );
+  }
+
+  private readonly _commands: CommandRegistry;
+  private readonly _launch: LaunchFunction;
+}
+
+/** Companion of {@link EC2Panel}. */
+export namespace EC2Panel {
+  /** Options of a new panel. */
+  export interface IOptions {
+    model: EC2Model;
+    commands: CommandRegistry;
+    launch: LaunchFunction;
   }
 }
 
 /** A new main-area panel with a refresh button in its toolbar. */
 export function createPanel(
-  model: EC2Model,
-  commands: CommandRegistry
+  options: EC2Panel.IOptions
 ): MainAreaWidget<EC2Panel> {
-  const content = new EC2Panel(model);
+  const content = new EC2Panel(options);
   const widget = new MainAreaWidget({ content });
   widget.id = PANEL_ID;
   widget.title.label = PANEL_TITLE;
@@ -99,7 +178,7 @@ export function createPanel(
   widget.toolbar.addItem(
     'refresh',
     new CommandToolbarButton({
-      commands,
+      commands: options.commands,
       id: CommandIDs.refresh,
       label: ''
     })

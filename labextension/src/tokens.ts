@@ -25,15 +25,46 @@ export const ENABLE_HINT = 'jupyter server extension enable jupyter_ec2';
 /** Default seconds between two refreshes of the model. */
 export const DEFAULT_REFRESH_SECONDS = 30;
 
+/** Default of the `autoOpen` setting: open a launched instance's notebook when ready. */
+export const DEFAULT_AUTO_OPEN = false;
+
+/** Seconds between two refreshes while an instance is changing phase. */
+export const FAST_REFRESH_SECONDS = 2;
+
+/** Seconds between two reads of a shown log while its instance changes phase (slower otherwise). */
+export const LOG_REFRESH_SECONDS = 1.5;
+
+/** The most log lines a panel keeps per instance (the oldest are dropped). */
+export const MAX_LOG_LINES = 2000;
+
+/** Where this browser tab remembers the instances it waits for (survives a reload). */
+export const WATCH_STORAGE_KEY = 'jupyter-ec2:watching';
+
 /** Command ids. */
 export namespace CommandIDs {
   /** Open (or reveal) the instances panel; optional arg `profile` selects a profile. */
   export const openPanel = 'jupyter-ec2:open-panel';
-  /** Launch from a profile (arg `profile`); for now it opens the panel with it selected. */
+  /** Launch an instance of a profile at once (arg `profile`; optional `name`, `overrides`). */
   export const launchProfile = 'jupyter-ec2:launch-profile';
-  /** Reload profiles (and, later, instances) from the server. */
+  /** Reload profiles and instances from the server. */
   export const refresh = 'jupyter-ec2:refresh';
+  /** Open a ready instance's notebook in a new browser tab (arg `id`, else ask). */
+  export const openInstance = 'jupyter-ec2:open-instance';
+  /** Stop an instance; its disk is kept (arg `id`, else ask). */
+  export const stopInstance = 'jupyter-ec2:stop-instance';
+  /** Start a stopped instance (arg `id`, else ask). */
+  export const startInstance = 'jupyter-ec2:start-instance';
+  /** Re-establish the forward to an instance (arg `id`, else ask). */
+  export const reconnectInstance = 'jupyter-ec2:reconnect-instance';
+  /** Terminate an instance after a confirmation; its disk is lost (arg `id`, else ask). */
+  export const terminateInstance = 'jupyter-ec2:terminate-instance';
+  /** Show or hide the live log of an instance in the panel (arg `id`, else ask). */
+  export const toggleLog = 'jupyter-ec2:toggle-log';
 }
+
+/** What a user can do to an instance; also the buttons' `data-action`. */
+export type InstanceAction =
+  'open' | 'stop' | 'start' | 'reconnect' | 'terminate' | 'log';
 
 /** The environment set up on an instance (`Provisioner.environment`). */
 export type Environment =
@@ -61,7 +92,7 @@ export interface IProfilesReply {
   profiles: IProfile[];
 }
 
-/** An instance's lifecycle phase (the `phase` field). */
+/** An instance's lifecycle phase (the `phase` field, DESIGN.md §2). */
 export type Phase =
   | 'launching'
   | 'booting'
@@ -112,11 +143,24 @@ export interface IInstancesReply {
   instances: IInstance[];
 }
 
+/** The profile fields a launch may override (`POST instances` → `overrides`). */
+export interface IOverrides {
+  instance_type?: string;
+  volume_gb?: number;
+  spot?: boolean;
+  idle_stop_minutes?: number;
+  ami?: string;
+  region?: string;
+}
+
+/** The names of the fields of {@link IOverrides}. */
+export type OverrideField = keyof IOverrides;
+
 /** The body of `POST instances`. */
 export interface ILaunchRequest {
   profile: string;
   name?: string;
-  overrides?: Partial<Omit<IProfile, 'name'>>;
+  overrides?: IOverrides;
 }
 
 /** One line of `GET instances/{id}/log`. */
@@ -139,3 +183,15 @@ export interface IErrorReply {
   field?: string;
   code?: string;
 }
+
+/** Phases in which something changes soon: the model polls faster while any instance is in one. */
+export const TRANSITIONAL_PHASES: ReadonlySet<Phase> = new Set<Phase>([
+  'launching',
+  'booting',
+  'connecting',
+  'provisioning',
+  'starting',
+  'degraded',
+  'stopping',
+  'terminating'
+]);

@@ -4,11 +4,16 @@ The server is the venv's JupyterLab with jupyter-ec2 installed as a user would h
 server extension enabled by its config file, the prebuilt lab extension), but with its own
 config, data and runtime directories, two launch profiles, no network beyond loopback and dummy
 AWS credentials. Chromium is driven by Playwright; no browser is ever downloaded.
+
+``jp_ec2_sim_lab`` runs the same server against the simulated cloud and instance hosts of
+``jupyter_ec2.testing`` (the config of ``make demo``), so instances really come up on this
+machine and their remote JupyterLab opens through the local server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -22,12 +27,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
+
+    from jupyter_ec2.testing import InstanceHosts, SimulatedCloud
 
 CHROMIUM = "/usr/bin/chromium"
 CLOSED_PORT_PROXY = "http://127.0.0.1:9"
@@ -84,6 +91,26 @@ class LabServer:
         sep = "&" if "?" in path else "?"
         return f"{self.base_url}{path}{sep}token={self.token}"
 
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Call ``{base_url}jupyter-ec2/api/<path>`` with the token: (status, decoded JSON)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 (an http://127.0.0.1 URL we built)
+            f"{self.base_url}jupyter-ec2/api/{path}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with opener.open(request, timeout=30) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        try:
+            return status, json.loads(raw or b"null")
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
     def log_tail(self, lines: int = 60) -> str:
         """The end of the server's log, for failure messages."""
         text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
@@ -97,8 +124,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _server_env(home: Path, dirs: dict[str, Path]) -> dict[str, str]:
-    """The server's environment: isolated Jupyter dirs, loopback only, dummy AWS credentials."""
+def _server_env(
+    home: Path, dirs: dict[str, Path], *, aws_credentials: bool = True
+) -> dict[str, str]:
+    """The server's environment: isolated Jupyter dirs, loopback only, dummy AWS credentials
+    (or none at all: then boto3 finds none, as on a machine where nobody ran aws configure)."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -116,24 +146,35 @@ def _server_env(home: Path, dirs: dict[str, Path]) -> dict[str, str]:
             "https_proxy": CLOSED_PORT_PROXY,
             "NO_PROXY": "127.0.0.1,localhost,::1",
             "no_proxy": "127.0.0.1,localhost,::1",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
+            # Never ask the instance metadata address (not loopback) for credentials.
             "AWS_EC2_METADATA_DISABLED": "true",
+            # Only the isolated HOME's (absent) AWS files count.
+            "AWS_CONFIG_FILE": str(home / ".aws" / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(home / ".aws" / "credentials"),
         }
     )
+    if aws_credentials:
+        env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     return env
 
 
-def _write_config(config_dir: Path, state_dir: Path, *, server_extension: bool) -> None:
-    """The server config (two profiles) and the lab page config (no announcements)."""
-    server_config: dict = {
-        "EC2Launcher": {
-            "profiles": PROFILES,
-            "default_profile": "cpu",
-            "state_dir": str(state_dir),
+def _write_config(
+    config_dir: Path,
+    state_dir: Path,
+    *,
+    server_extension: bool,
+    server_config: dict | None = None,
+) -> None:
+    """The server config (two profiles, unless given) and the lab page config (no announcements)."""
+    if server_config is None:
+        server_config = {
+            "EC2Launcher": {
+                "profiles": PROFILES,
+                "default_profile": "cpu",
+                "state_dir": str(state_dir),
+            }
         }
-    }
     if not server_extension:
         # What `jupyter server extension disable --user jupyter_ec2` writes: the user config
         # dir outranks the enabling file installed in sys.prefix.
@@ -167,8 +208,19 @@ def _wait_for_status(server: LabServer, proc: subprocess.Popen, timeout: float) 
 
 
 @contextmanager
-def run_lab(base: Path, *, server_extension: bool = True) -> Iterator[LabServer]:
-    """Run ``jupyter lab`` in the directory ``base`` until the block ends."""
+def run_lab(
+    base: Path,
+    *,
+    server_extension: bool = True,
+    server_config: dict | None = None,
+    extra_env: dict[str, str] | None = None,
+    aws_credentials: bool = True,
+) -> Iterator[LabServer]:
+    """Run ``jupyter lab`` in the directory ``base`` until the block ends.
+
+    ``server_config`` replaces the default jupyter_server config (two profiles, no cloud);
+    ``extra_env`` is added to the server's environment (e.g. a simulated cloud's).
+    """
     dirs = {
         "JUPYTER_CONFIG_DIR": base / "config",
         "JUPYTER_DATA_DIR": base / "data",
@@ -177,7 +229,14 @@ def run_lab(base: Path, *, server_extension: bool = True) -> Iterator[LabServer]
     home, root_dir, state_dir = base / "home", base / "notebooks", base / "ec2-state"
     for path in [*dirs.values(), home, root_dir]:
         path.mkdir()
-    _write_config(dirs["JUPYTER_CONFIG_DIR"], state_dir, server_extension=server_extension)
+    _write_config(
+        dirs["JUPYTER_CONFIG_DIR"],
+        state_dir,
+        server_extension=server_extension,
+        server_config=server_config,
+    )
+    env = _server_env(home, dirs, aws_credentials=aws_credentials)
+    env.update(extra_env or {})
 
     port = _free_port()
     token = secrets.token_hex(24)
@@ -205,7 +264,7 @@ def run_lab(base: Path, *, server_extension: bool = True) -> Iterator[LabServer]
         proc = subprocess.Popen(
             cmd,
             cwd=root_dir,
-            env=_server_env(home, dirs),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -238,6 +297,25 @@ def jp_ec2_lab_server_without_api(
 ) -> Iterator[LabServer]:
     """The same ``jupyter lab``, with the lab extension but the server extension disabled."""
     with run_lab(tmp_path_factory.mktemp("jp_ec2_lab_no_api"), server_extension=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def jp_ec2_lab_server_without_credentials(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LabServer]:
+    """The same ``jupyter lab`` on a machine with no AWS credentials at all."""
+    base = tmp_path_factory.mktemp("jp_ec2_lab_no_credentials")
+    config = {
+        "EC2Launcher": {
+            "profiles": PROFILES,
+            "default_profile": "cpu",
+            "state_dir": str(base / "ec2-state"),
+        },
+        # A fixed CIDR, so that nothing asks the network for this machine's public address.
+        "EC2Backend": {"ssh_cidrs": ["198.51.100.7/32"]},
+    }
+    with run_lab(base, server_config=config, aws_credentials=False) as server:
         yield server
 
 
@@ -304,3 +382,108 @@ def jp_ec2_artifacts() -> Path:
     """Where browser tests leave screenshots (used as README pictures)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+# -- the simulated cloud ----------------------------------------------------------------------
+
+#: The notebook user provisioning creates on this machine for the browser tests (removed after).
+SIM_NOTEBOOK_USER = "jec2browser"
+#: Seconds a simulated instance stays ``pending``, so a test can watch (and reload) a launch.
+SIM_BOOT_DELAY = 4.0
+
+
+@dataclass(frozen=True)
+class SimLab:
+    """A ``jupyter lab`` whose jupyter-ec2 launches into a simulated cloud with instance hosts."""
+
+    server: LabServer
+    cloud: SimulatedCloud
+    hosts: InstanceHosts
+
+    def cloud_instances(self) -> list[dict]:
+        """Every instance the simulated cloud knows, whatever its state."""
+        client = self.cloud.client("ec2")
+        return [
+            instance
+            for page in client.get_paginator("describe_instances").paginate()
+            for reservation in page["Reservations"]
+            for instance in reservation["Instances"]
+        ]
+
+
+def _runs_as_nobody(python: str, code: str) -> bool:
+    """Whether another user (as the notebook user will be) can run ``python -c code``."""
+    result = subprocess.run(
+        ["runuser", "-u", "nobody", "--", python, "-c", code],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def remote_lab_python() -> str:
+    """The instances' image interpreter (``make sim-image``), with JupyterLab and ipykernel,
+    checked to be runnable by another user, as the notebook user will be."""
+    from jupyter_ec2.testing.demo import IMAGE_PYTHON
+
+    if not Path(IMAGE_PYTHON).exists() or not _runs_as_nobody(
+        IMAGE_PYTHON, "import jupyterlab, ipykernel"
+    ):
+        pytest.fail(f"{IMAGE_PYTHON} cannot import JupyterLab: run `make sim-image`.")
+    return IMAGE_PYTHON
+
+
+def _terminate_everything(server: LabServer, hosts: InstanceHosts, timeout: float = 60) -> None:
+    """Terminate every instance the server manages and wait for their hosts to go."""
+    status, body = server.api("GET", "instances")
+    if status != 200 or not isinstance(body, dict):
+        return
+    ids = [item["id"] for item in body.get("instances", []) if item["phase"] != "terminated"]
+    for instance_id in ids:
+        server.api("DELETE", f"instances/{instance_id}")
+    for instance_id in ids:
+        # Whatever is left then, hosts.close() ends.
+        with contextlib.suppress(TimeoutError):
+            hosts.wait_for_no_host(instance_id, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def jp_ec2_sim_lab(
+    jp_ec2_session_cloud: SimulatedCloud,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[SimLab]:
+    """``jupyter lab`` with jupyter-ec2 on the simulated cloud, the two test profiles, and
+    instance hosts that boot in a few seconds; every instance is terminated afterwards.
+
+    Module-scoped: the instance hosts and the notebook user live only while the module runs,
+    so other modules may reset the shared simulated cloud.
+    """
+    from jupyter_ec2.testing import InstanceHosts
+    from jupyter_ec2.testing.demo import remove_user, simulated_config
+
+    if os.geteuid() != 0:
+        pytest.skip("the instance hosts run sshd and create a notebook user: run as root")
+    python = remote_lab_python()
+    base = tmp_path_factory.mktemp("jp_ec2_sim_lab")
+    cloud = jp_ec2_session_cloud
+    hosts = InstanceHosts(cloud, base / "hosts", boot_delay=SIM_BOOT_DELAY)
+    try:
+        config = simulated_config(
+            cloud,
+            hosts,
+            base / "ec2-state",
+            notebook_user=SIM_NOTEBOOK_USER,
+            profiles=PROFILES,
+        )
+        config["EC2Launcher"]["default_profile"] = "cpu"
+        config["Provisioner"]["environment"] = {"kind": "existing", "python": python}
+        with run_lab(base, server_config=config, extra_env=cloud.env()) as server:
+            try:
+                yield SimLab(server=server, cloud=cloud, hosts=hosts)
+            finally:
+                _terminate_everything(server, hosts)
+    finally:
+        hosts.close()
+        remove_user(SIM_NOTEBOOK_USER)

@@ -1,7 +1,8 @@
-"""The lab extension in a real JupyterLab and Chromium: launcher tiles, the panel, restore."""
+"""The lab extension in a real JupyterLab and Chromium: tiles, the panel, restore, advice."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,7 +56,7 @@ def search_palette(page: Page, query: str) -> Locator:
     return page.locator(".lm-CommandPalette-item", has_text=query)
 
 
-def test_profile_tiles_open_the_panel_which_survives_a_reload(
+def test_profile_tiles_and_the_panel_which_survives_a_reload(
     jp_ec2_page: Page, jp_ec2_lab_server: LabServer, jp_ec2_artifacts: Path
 ) -> None:
     page = jp_ec2_page
@@ -72,35 +73,40 @@ def test_profile_tiles_open_the_panel_which_survives_a_reload(
     section.evaluate("node => node.scrollIntoView({block: 'center'})")
     page.screenshot(path=str(jp_ec2_artifacts / "launcher.png"))
 
-    # When the user clicks the "GPU box" tile
+    # When the user opens the "EC2 instances" panel from the palette
     with page.expect_request(workspace_saved_with_panel):
-        gpu_tile.click()
+        search_palette(page, "EC2 instances").click()
 
-    # Then the "EC2 instances" panel opens with the gpu profile selected
+    # Then the panel shows the profiles, the default one selected, and no instances
     panel = page.locator(PANEL)
     expect(panel).to_be_visible()
     expect(panel_tab(page)).to_have_count(1)
     gpu = panel.locator('.jp-ec2-profile[data-profile="gpu"]')
     cpu = panel.locator('.jp-ec2-profile[data-profile="cpu"]')
-    expect(gpu).to_have_attribute("aria-selected", "true")
-    expect(gpu).to_have_class(r"jp-ec2-profile jp-mod-selected")
-    expect(cpu).to_have_attribute("aria-selected", "false")
+    expect(cpu).to_have_attribute("aria-selected", "true")
+    expect(gpu).to_have_attribute("aria-selected", "false")
     expect(gpu.locator('[data-fact="instance-type"] dd')).to_have_text("g5.xlarge")
     expect(gpu.locator('[data-fact="region"] dd')).to_have_text("us-east-1")
     expect(gpu.locator('[data-fact="disk"] dd')).to_have_text("100 GB")
     expect(gpu.locator('[data-fact="spot"] dd')).to_have_text("yes")
     expect(cpu.locator('[data-fact="spot"] dd')).to_have_text("no")
     expect(gpu.locator('[data-fact="idle-stop"] dd')).to_have_text("after 60 min")
-    # And the launcher it was opened from made room for it
-    expect(page.locator(".jp-Launcher")).to_have_count(0)
+    expect(panel.locator('[data-testid="ec2-no-instances"]')).to_be_visible()
     page.screenshot(path=str(jp_ec2_artifacts / "panel.png"))
 
-    # When the user selects the other profile in the panel
-    cpu.click()
+    # When the user selects the gpu profile in the panel
+    gpu.click()
 
-    # Then the selection moves
-    expect(cpu).to_have_attribute("aria-selected", "true")
-    expect(gpu).to_have_attribute("aria-selected", "false")
+    # Then the selection moves, and the launch form follows it with the profile's values
+    expect(gpu).to_have_attribute("aria-selected", "true")
+    expect(gpu).to_have_class(r"jp-ec2-profile jp-mod-selected")
+    expect(cpu).to_have_attribute("aria-selected", "false")
+    form = panel.locator('[data-testid="ec2-launch-form"]')
+    expect(form.locator('select[name="profile"]')).to_have_value("gpu")
+    expect(form.locator('input[name="instance_type"]')).to_have_value("g5.xlarge")
+    expect(form.locator('input[name="volume_gb"]')).to_have_value("100")
+    expect(form.locator('input[name="spot"]')).to_be_checked()
+    expect(form.locator('input[name="idle_stop_minutes"]')).to_have_value("60")
 
     # When the page is reloaded
     page.reload()
@@ -127,7 +133,17 @@ def test_palette_command_opens_the_panel(jp_ec2_page: Page, jp_ec2_lab_server: L
     header = page.locator(".lm-CommandPalette-header").get_by_text("EC2", exact=True)
     expect(header).to_have_count(1)
 
-    # When the user runs it
+    # And there is one "Launch …" item per profile, and instance commands, disabled while no
+    # instance exists
+    page.keyboard.press("Escape")
+    expect(search_palette(page, "Launch GPU box")).to_have_count(1)
+    page.keyboard.press("Escape")
+    for label in ("Stop an EC2 Instance", "Open an EC2 Instance in a New Tab"):
+        expect(search_palette(page, label)).to_have_class(re.compile(r"lm-mod-disabled"))
+        page.keyboard.press("Escape")
+    item = search_palette(page, "EC2 instances")
+
+    # When the user runs the panel command
     item.click()
 
     # Then the panel opens with the server's default profile selected
@@ -159,3 +175,32 @@ def test_without_the_server_extension_the_user_is_told_how_to_enable_it(
     expect(error).to_contain_text(ENABLE_HINT)
     expect(page.locator(f"{PANEL} .jp-ec2-profile")).to_have_count(0)
     page.screenshot(path=str(jp_ec2_artifacts / "no-server-extension.png"))
+
+
+def test_without_aws_credentials_the_user_is_told_what_to_do(
+    jp_ec2_page: Page, jp_ec2_lab_server_without_credentials: LabServer
+) -> None:
+    page = jp_ec2_page
+
+    # Given JupyterLab with jupyter-ec2 on a machine with no AWS credentials
+    open_lab(page, jp_ec2_lab_server_without_credentials)
+
+    # When the user clicks a profile tile
+    ec2_launcher_section(page).locator(".jp-LauncherCard", has_text="CPU small").click()
+
+    # Then the launch notification turns into advice, and the panel says what to do
+    advice = page.locator(".Toastify__toast", has_text="AWS credentials are not configured")
+    expect(advice).to_be_visible()
+    banner = page.locator(f"{PANEL} [data-testid='ec2-credentials']")
+    expect(banner).to_contain_text("aws configure")
+    expect(banner).to_contain_text("AWS_ACCESS_KEY_ID")
+    expect(banner).to_contain_text("c.EC2Backend.aws_profile")
+    expect(page.locator(f"{PANEL} [data-testid='ec2-no-instances']")).to_be_visible()
+
+    # When the user asks the notification what to do
+    advice.get_by_role("button", name="What to do").click()
+
+    # Then a dialog explains the ways to configure credentials
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("aws configure")
+    expect(dialog).to_contain_text("AWS_SECRET_ACCESS_KEY")
