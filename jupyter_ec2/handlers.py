@@ -50,6 +50,12 @@ class EC2APIHandler(ExtensionHandlerMixin, APIHandler):
 
     auth_resource = AUTH_RESOURCE
 
+    async def manager(self) -> Any:
+        """The lifecycle manager, started on first use (pytest-jupyter skips the start hook)."""
+        manager = self.settings["jupyter_ec2_manager"]
+        await manager.ensure_started()
+        return manager
+
     def write_json(self, body: Any, status: int = 200) -> None:
         """Finish the request with a JSON body."""
         self.set_status(status)
@@ -67,13 +73,6 @@ class ProfilesHandler(EC2APIHandler):
         self.write_json(self.settings["jupyter_ec2_profiles"].to_json())
 
 
-async def _manager(handler: EC2APIHandler) -> Any:
-    """The lifecycle manager, started on first use (tests and some servers skip the start hook)."""
-    manager = handler.settings["jupyter_ec2_manager"]
-    await manager.ensure_started()
-    return manager
-
-
 class InstancesHandler(EC2APIHandler):
     """``GET instances`` lists every managed instance; ``POST instances`` launches one."""
 
@@ -82,7 +81,8 @@ class InstancesHandler(EC2APIHandler):
     @api_errors
     async def get(self) -> None:
         """Every instance this extension manages, found by tags."""
-        self.write_json({"instances": (await _manager(self)).list()})
+        manager = await self.manager()
+        self.write_json({"instances": manager.list()})
 
     @web.authenticated
     @authorized
@@ -90,7 +90,8 @@ class InstancesHandler(EC2APIHandler):
     async def post(self) -> None:
         """Launch the profile named in the body; answers 202 while it comes up."""
         request = LaunchRequest.from_json(self.json_body())
-        self.write_json(await (await _manager(self)).launch(request), status=202)
+        manager = await self.manager()
+        self.write_json(await manager.launch(request), status=202)
 
     def json_body(self) -> Any:
         """The decoded JSON body, refused with a 400 naming ``body`` when too large or malformed."""
@@ -113,7 +114,7 @@ class InstanceHandler(EC2APIHandler):
     @api_errors
     async def get(self, instance_id: str) -> None:
         """One instance."""
-        manager = await _manager(self)
+        manager = await self.manager()
         self.write_json(manager.to_json(manager.get(instance_id)))
 
     @web.authenticated
@@ -121,7 +122,8 @@ class InstanceHandler(EC2APIHandler):
     @api_errors
     async def delete(self, instance_id: str) -> None:
         """Terminate the instance; its disk is lost."""
-        self.write_json(await (await _manager(self)).terminate(instance_id), status=202)
+        manager = await self.manager()
+        self.write_json(await manager.terminate(instance_id), status=202)
 
 
 class InstanceLogHandler(EC2APIHandler):
@@ -135,7 +137,8 @@ class InstanceLogHandler(EC2APIHandler):
         raw = self.get_query_argument("after", "0")
         if not raw.isdigit() or len(raw) > 12:
             raise ValidationError("after", "after must be a non-negative whole number.")
-        self.write_json((await _manager(self)).log_after(instance_id, int(raw)))
+        manager = await self.manager()
+        self.write_json(manager.log_after(instance_id, int(raw)))
 
 
 class InstanceActionHandler(EC2APIHandler):
@@ -146,7 +149,7 @@ class InstanceActionHandler(EC2APIHandler):
     @api_errors
     async def post(self, instance_id: str, action: str) -> None:
         """Run the action; answers 202 while it proceeds."""
-        manager = await _manager(self)
+        manager = await self.manager()
         method = {
             "start": manager.start_instance,
             "stop": manager.stop_instance,
