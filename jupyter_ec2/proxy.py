@@ -1,13 +1,12 @@
 """The remote notebook through the local server: ``{base_url}jupyter-ec2/remote/{id}/…``.
 
 HTTP and websockets are relayed to the instance's forwarded port (see :mod:`jupyter_ec2.tunnel`)
-by :class:`RemoteProxyHandler`, a subclass of ``jupyter_server_proxy``'s ``ProxyHandler`` (which
-authenticates every request and serves HTTP and websockets on one URL). The local server
-authenticates the user; the proxy adds the remote server's token itself, so the browser never
-sees it. ``docs/proxy.md`` explains the choices; in short, against a naive proxy:
+by :class:`RemoteProxyHandler`, a jupyter_server handler that serves HTTP and websockets on one
+URL, shaped after jupyter-server-proxy's ``ProxyHandler`` (``docs/proxy.md`` says why it is not
+a subclass of it). The local server authenticates the user; the proxy adds the remote server's
+token itself, so the browser never sees it. Against a naive proxy:
 
-1. the local XSRF check is enforced (the base class turns it off, and a token-authenticated
-   request is exempt on the remote too);
+1. the local XSRF check is enforced (a token-authenticated request is exempt on the remote);
 2. the remote token is removed from HTML responses (JupyterLab's page config embeds the token
    the page was reached with) and from every response header;
 3. ``Set-Cookie`` from the remote is dropped, and ``Cookie`` and XSRF headers are not forwarded
@@ -34,12 +33,12 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote_plus
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
-from jupyter_server_proxy.handlers import ProxyHandler
 from tornado import httputil, iostream, web, websocket
 from tornado.http1connection import (
     HTTP1Connection,
@@ -228,6 +227,9 @@ class UpstreamPool:
             "127.0.0.1", port, ssl_options=_client_ssl_context() if tls else None
         )
         stream.set_nodelay(True)
+        # Bigger reads than tornado's 64 KiB: a large download costs fewer trips through the
+        # event loop (the body is relayed chunk by chunk, never held whole).
+        stream.read_chunk_size = _UPSTREAM_CHUNK
         return _Upstream(key, stream), False
 
     def release(self, upstream: _Upstream) -> None:
@@ -296,6 +298,7 @@ class _ResponseRelay(httputil.HTTPMessageDelegate):
         self.scrubber: _TokenScrubber | None = None
         self._pending: asyncio.Future | None = None
         self._buffered = 0
+        self._unflushed = 0
 
     def headers_received(
         self,
@@ -351,14 +354,20 @@ class _ResponseRelay(httputil.HTTPMessageDelegate):
             self._buffered = 0
         else:
             handler.write(chunk)
-        previous, self._pending = self._pending, handler.flush_future()
-        # Two writes in flight at most: reading the next chunk overlaps sending this one, and
-        # memory stays flat whatever the size of the response.
-        if previous is not None:
+        self._unflushed += len(chunk)
+        pending = self._pending
+        if pending is not None:
+            if not pending.done() and self._unflushed < _MAX_PENDING_WRITE:
+                # One flush at a time (tornado resolves only the latest flush future): keep
+                # reading upstream while it drains, up to a bound that keeps memory flat.
+                return
             try:
-                await previous
+                await pending
             except iostream.StreamClosedError:
                 self.upstream.stream.close()
+                return
+        self._pending = handler.flush_future()
+        self._unflushed = 0
 
     def finish(self) -> None:
         if self.scrubber is not None:
@@ -404,8 +413,13 @@ class RemoteRedirectHandler(JupyterHandler):
         self.redirect(self.request.path + "/" + ("?" + query if query else ""))
 
 
-class RemoteProxyHandler(ProxyHandler):
-    """Relays HTTP and websockets to the remote Jupyter server of one instance."""
+class RemoteProxyHandler(websocket.WebSocketHandler, JupyterHandler):
+    """Relays HTTP and websockets to the remote Jupyter server of one instance.
+
+    A websocket handler that also answers plain HTTP (tornado 6 disables the HTTP methods of
+    a websocket handler only once the connection is upgraded), as jupyter-server-proxy's
+    ``ProxyHandler`` does; see ``docs/proxy.md`` for why it is not a subclass of it.
+    """
 
     _endpoint: RemoteEndpoint
     _upstream_ws: websocket.WebSocketClientConnection | None = None
@@ -415,7 +429,6 @@ class RemoteProxyHandler(ProxyHandler):
     async def prepare(self, *args: Any, **kwargs: Any) -> None:
         """Authenticate (302 to the login page for a page, 403 otherwise), then find the
         instance's forward (404 unknown, 503 not up)."""
-        # Not ProxyHandler.prepare: with jupyter_server 2 it redirects twice (an exception).
         upgrade = self.request.headers.get("Upgrade", "").lower() == "websocket"
         await JupyterHandler.prepare(self, _redirect_to_login=not upgrade)
         if self._finished:
@@ -438,8 +451,18 @@ class RemoteProxyHandler(ProxyHandler):
         self._endpoint = endpoint
 
     def check_xsrf_cookie(self) -> None:
-        """The local server's own XSRF check (the base class turns it off)."""
-        return super(ProxyHandler, self).check_xsrf_cookie()
+        """The local server's XSRF check (a token-authenticated remote would skip its own)."""
+        return JupyterHandler.check_xsrf_cookie(self)
+
+    def check_origin(self, origin: str | None = None) -> bool:
+        """Jupyter's origin check (``allow_origin``…) for the websocket handshake too."""
+        return JupyterHandler.check_origin(self, origin)
+
+    def _record_activity(self) -> None:
+        """Proxied traffic is activity, for the local server's idle culling."""
+        self.settings.setdefault("last_activity_times", {})["jupyter_ec2"] = datetime.now(
+            timezone.utc
+        )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors of the proxy itself as JSON ``{"message": …}``."""
@@ -462,8 +485,8 @@ class RemoteProxyHandler(ProxyHandler):
         self._headers = httputil.HTTPHeaders()
 
     def flush_future(self) -> asyncio.Future:
-        """``RequestHandler.flush`` (the websocket mixin's wrapper drops its future)."""
-        return web.RequestHandler.flush(self)
+        """``RequestHandler.flush``: a future that resolves once the data is written."""
+        return self.flush()
 
     @property
     def max_message_size(self) -> int:  # type: ignore[override]
@@ -500,7 +523,7 @@ class RemoteProxyHandler(ProxyHandler):
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    async def proxy(self, host: str, port: int, proxied_path: str) -> None:  # type: ignore[override]
+    async def _proxy_http(self) -> None:
         """Relay this request to the remote server and stream its response back."""
         self._record_activity()
         headers = self._upstream_headers(_DROP_REQUEST_HEADERS)
@@ -565,39 +588,35 @@ class RemoteProxyHandler(ProxyHandler):
             relay.reusable = False
 
     @web.authenticated
-    async def http_get(self, instance_id: str, path: str = "") -> None:
-        """GET without an upgrade."""
-        await self.proxy("127.0.0.1", 0, path)
-
     @web.authenticated
     async def post(self, instance_id: str, path: str = "") -> None:
         """POST."""
-        await self.proxy("127.0.0.1", 0, path)
+        await self._proxy_http()
 
     @web.authenticated
     async def put(self, instance_id: str, path: str = "") -> None:
         """PUT."""
-        await self.proxy("127.0.0.1", 0, path)
+        await self._proxy_http()
 
     @web.authenticated
     async def patch(self, instance_id: str, path: str = "") -> None:
         """PATCH."""
-        await self.proxy("127.0.0.1", 0, path)
+        await self._proxy_http()
 
     @web.authenticated
     async def delete(self, instance_id: str, path: str = "") -> None:
         """DELETE."""
-        await self.proxy("127.0.0.1", 0, path)
+        await self._proxy_http()
 
     @web.authenticated
     async def head(self, instance_id: str, path: str = "") -> None:
         """HEAD."""
-        await self.proxy("127.0.0.1", 0, path)
+        await self._proxy_http()
 
     @web.authenticated
     async def options(self, instance_id: str, path: str = "") -> None:
         """OPTIONS."""
-        await self.proxy("127.0.0.1", 0, path)
+        await self._proxy_http()
 
     # -- websockets ---------------------------------------------------------------------------
 
@@ -605,7 +624,7 @@ class RemoteProxyHandler(ProxyHandler):
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """GET: a websocket upgrade connects upstream first, then accepts the browser."""
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            await self.http_get(*args, **kwargs)
+            await self._proxy_http()
             return
         # Connect to the remote before answering the browser's handshake, so the subprotocol
         # the remote chose is the one the browser is told (and a failure is an HTTP error).

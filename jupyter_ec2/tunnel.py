@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paramiko
-from traitlets import Bool, Enum, Float, Integer, List, Unicode
+from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .errors import HostKeyMismatchError, SSHError
@@ -126,6 +126,7 @@ class LinkSpec:
     probe_interval: float
     probe_timeout: float
     ciphers: tuple[str, ...]
+    runtime_dir: str | None = None
 
 
 class SSHLink(Protocol):
@@ -198,6 +199,7 @@ class OpenSSHLink:
         self.spec = spec
         self.process = process
         self.runtime_dir = runtime_dir
+        self.pid_file: Path | None = None
         self.stderr_tail = ""
 
     @classmethod
@@ -261,6 +263,7 @@ class OpenSSHLink:
         ssh = shutil.which("ssh")
         if ssh is None:
             raise FatalLinkError("No OpenSSH client (ssh) is installed.")
+        pid_file = _pid_file(spec.runtime_dir, spec.instance_id)
         runtime_dir = Path(tempfile.mkdtemp(prefix="jupyter-ec2-fwd-"))
         try:
             _write_0600(runtime_dir / "id_key", spec.target.client_key.private_openssh)
@@ -281,11 +284,19 @@ class OpenSSHLink:
             shutil.rmtree(runtime_dir, ignore_errors=True)
             raise
         link = cls(spec, process, runtime_dir)
+        link.pid_file = pid_file
+        if pid_file is not None:
+            with contextlib.suppress(OSError):
+                pid_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                pid_file.write_text(str(process.pid))
         try:
             link._wait_ready(spec.connect_timeout + 2)
         except BaseException:
             link.close()
             raise
+        # Logged in: ssh needs neither file again (a reconnect starts a new ssh), so no copy
+        # of the key outlives this moment, even if this server is killed later.
+        shutil.rmtree(runtime_dir, ignore_errors=True)
         return link
 
     def _wait_ready(self, timeout: float) -> None:
@@ -373,6 +384,53 @@ class OpenSSHLink:
                 with contextlib.suppress(OSError):
                     pipe.close()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        pid_file = self.pid_file
+        if pid_file is not None:
+            with contextlib.suppress(OSError, ValueError):
+                if int(pid_file.read_text()) == process.pid:
+                    pid_file.unlink()
+
+
+def _pid_file(runtime_dir: str | None, instance_id: str) -> Path | None:
+    if not runtime_dir:
+        return None
+    return Path(runtime_dir) / f"forward-{instance_id}.pid"
+
+
+def _end_orphan(pid_file: Path | None, instance_id: str) -> None:
+    """End the ssh a previous run of this server left for the instance (it was killed).
+
+    Only the process named in our pid file, and only if its command line is our ssh for this
+    instance (its ``HostKeyAlias``): a recycled PID belongs to someone else and is left alone.
+    """
+    if pid_file is None or not pid_file.exists():
+        return
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    marker = f"HostKeyAlias=jupyter-ec2-{instance_id}"
+    try:
+        command = subprocess.run(
+            ["ps", "-ww", "-o", "command=", "-p", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return
+    if marker in command and "ssh" in command:
+        log.info("forward %s: ending the ssh left by a previous run (pid %d)", instance_id, pid)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.05)
+    with contextlib.suppress(OSError):
+        pid_file.unlink()
 
 
 def _port_is_listening(port: int) -> bool:
@@ -708,6 +766,7 @@ class Forward:
         self._state = TunnelState.RECONNECTING
         self._link: SSHLink | None = None
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already says "wake up"
         self._stop = threading.Event()
         self._reconnect_now = threading.Event()
         self._thread: threading.Thread | None = None
@@ -793,6 +852,7 @@ class Forward:
             probe_interval=manager.probe_interval,
             probe_timeout=manager.probe_timeout,
             ciphers=tuple(manager.ciphers),
+            runtime_dir=manager.runtime_dir or None,
         )
 
     def _connect(self) -> SSHLink:
@@ -991,9 +1051,9 @@ class TunnelManager(LoggingConfigurable):
     engine = Enum(
         ["auto", "openssh", "paramiko"],
         default_value="auto",
-        help="""What carries the forwards. 'openssh': the system ssh client (fastest: C data
-        path); 'paramiko': in-process Python; 'auto': openssh when an ssh client is
-        installed, paramiko otherwise.""",
+        help="""What carries the forwards. 'openssh': the system ssh client (the fastest: its
+        data path is C); 'paramiko': in-process Python; 'auto': openssh on POSIX systems with
+        an ssh client installed, paramiko otherwise.""",
     ).tag(config=True)
     probe_interval = Float(
         5.0, help="Seconds between two liveness probes of an SSH connection."
@@ -1042,6 +1102,16 @@ class TunnelManager(LoggingConfigurable):
     max_forwards = Integer(256, help="The most forwards one server keeps open at once.").tag(
         config=True
     )
+    runtime_dir = Unicode(
+        help="""Where the OpenSSH engine keeps one pid file per forward, so that an ssh left
+        behind by a killed server is ended when the forward is opened again ('' = none).""",
+    ).tag(config=True)
+
+    @default("runtime_dir")
+    def _default_runtime_dir(self) -> str:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        return os.path.join(jupyter_runtime_dir(), "jupyter_ec2")
 
     def __init__(
         self,
@@ -1059,7 +1129,9 @@ class TunnelManager(LoggingConfigurable):
     def engine_in_use(self) -> str:
         """``openssh`` or ``paramiko``: what ``engine`` resolves to on this machine."""
         if self.engine == "auto":
-            return "openssh" if shutil.which("ssh") else "paramiko"
+            # The OpenSSH link watches its pipes with select(): POSIX only.
+            usable = os.name == "posix" and shutil.which("ssh") is not None
+            return "openssh" if usable else "paramiko"
         return self.engine
 
     @property
@@ -1109,6 +1181,8 @@ class TunnelManager(LoggingConfigurable):
         with self._lock:
             if len(self._forwards) >= self.max_forwards:
                 raise SSHError("Too many open forwards.")
+        # An ssh left by a killed server still holds the remembered port: end it first.
+        _end_orphan(_pid_file(self.runtime_dir or None, instance_id), instance_id)
         config = os.fspath(ssh_config_file) if ssh_config_file else None
         forward = Forward(self, instance_id, target, remote_port, local_port, remote_host, config)
         forward.start(wait)
