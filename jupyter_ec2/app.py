@@ -22,7 +22,7 @@ from .handlers import (
     ProfilesHandler,
 )
 from .models import ProfileSet, load_profiles
-from .proxy import RemoteEndpoint, remote_handlers
+from .proxy import RemoteEndpoint, close_upstream_pool, remote_handlers
 
 API_PREFIX = "jupyter-ec2/api"
 
@@ -187,3 +187,4 @@ class EC2Launcher(ExtensionApp):
     async def stop_extension(self) -> None:
         """Close every forward and cancel every task; instances keep running and stop when idle."""
         await self.manager.stop()
+        close_upstream_pool(self.serverapp.web_app.settings)

@@ -30,6 +30,7 @@ from traitlets.config import LoggingConfigurable
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .models import LaunchRequest, Phase, Profile, ProfileSet
 from .pricing import PriceCatalog
+from .provision.params import remote_base_url
 
 #: Phases in which something is expected to change soon: the poller runs fast then.
 TRANSITIONAL = {
@@ -222,11 +223,14 @@ class LaunchManager(LoggingConfigurable):
             return None
         if record.phase not in (Phase.READY, Phase.DEGRADED) or record.tunnel_state is None:
             return None
-        return record.local_port, record.token, record.tunnel_state
+        # The forward's port is read live: it moves if another program took it during a drop.
+        forward = self.tunnels.get(instance_id)
+        local_port = forward.local_port if forward is not None else record.local_port
+        return local_port, record.token, record.tunnel_state
 
     def remote_base_url(self, instance_id: str) -> str:
         """The remote server's base_url: the proxy path, so no rewriting is ever needed."""
-        return url_path_join(self.base_url, "jupyter-ec2", "remote", instance_id, "/")
+        return remote_base_url(self.base_url, instance_id)
 
     def to_json(self, record: InstanceRecord) -> dict[str, Any]:
         """The API ``Instance`` of a record."""
@@ -799,6 +803,10 @@ class LaunchManager(LoggingConfigurable):
         if record is None or record.tunnel_state is None:
             return
         record.tunnel_state = state
+        forward = self.tunnels.get(instance_id)
+        if state == "up" and forward is not None and forward.local_port != record.local_port:
+            record.local_port = forward.local_port  # the old port was taken while it was down
+            self._save(record)
         if state == "up" and record.phase == Phase.DEGRADED:
             self._set_phase(record, Phase.READY, "Ready; the forward is back.")
         elif state in ("reconnecting", "down") and record.phase == Phase.READY:

@@ -48,13 +48,16 @@ from tornado.http1connection import (
 from tornado.httpclient import HTTPRequest
 from tornado.tcpclient import TCPClient
 
+# The remote server's base_url is the whole proxied path, so the path is forwarded unchanged.
+from .provision.params import WEBSOCKET_MAX_MESSAGE_SIZE, remote_base_url  # noqa: F401
+
 LOOKUP_SETTING = "jupyter_ec2_remote_lookup"
 """Tornado setting holding ``(instance_id) -> RemoteEndpoint | None``."""
 
 WS_MAX_MESSAGE_SIZE_SETTING = "jupyter_ec2_ws_max_message_size"
 """Tornado setting overriding :data:`DEFAULT_WS_MAX_MESSAGE_SIZE`."""
 
-DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
+DEFAULT_WS_MAX_MESSAGE_SIZE = WEBSOCKET_MAX_MESSAGE_SIZE
 """Largest websocket message relayed (1 GiB; a notebook output may be large)."""
 
 ROUTE_PREFIX = "jupyter-ec2/remote"
@@ -132,15 +135,6 @@ class RemoteEndpoint:
     token: str
     tls: bool = False
     state: str = "up"
-
-
-def remote_base_url(base_url: str, instance_id: str) -> str:
-    """The ``base_url`` the remote server must be configured with: the full proxied path.
-
-    The path is forwarded unchanged, so that every absolute URL the remote page holds is also
-    valid through the proxy: ``{local base_url}jupyter-ec2/remote/{id}/``.
-    """
-    return url_path_join(base_url, ROUTE_PREFIX, instance_id) + "/"
 
 
 def remote_handlers(base_url: str = "/") -> list[tuple[str, type, dict]]:

@@ -39,6 +39,7 @@ REMOTE_PATH = "jupyter-ec2/remote/{instance_id}/"
 
 #: Limits that keep a parameter file small and every value bounded.
 MAX_PARAMS_BYTES = 256 * 1024
+WEBSOCKET_MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
 MAX_COMMAND_CHARS = 1000
 MAX_BASE_URL_CHARS = 300
 MAX_PATH_CHARS = 255
@@ -343,6 +344,9 @@ def build_jupyter_config(
         "root_dir": "~/notebooks",
         "allow_root": notebook_user == "root",
         "allow_remote_access": False,
+        # As large as the local proxy relays (jupyter_ec2.proxy): a big output must not close
+        # the kernel websocket at tornado's 10 MiB default.
+        "tornado_settings": {"websocket_max_message_size": WEBSOCKET_MAX_MESSAGE_SIZE},
     }
     if tls:
         server["certfile"] = paths.tls_cert
