@@ -98,12 +98,13 @@ def remove_user(name: str) -> None:
     subprocess.run(["userdel", "-r", "-f", name], check=False, capture_output=True)
 
 
-def _wait_for(url: str, timeout: float) -> None:
+def _wait_for(url: str, token: str, timeout: float) -> None:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with opener.open(url, timeout=2):
+            with opener.open(request, timeout=2):
                 return
         except OSError:
             if time.monotonic() > deadline:
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             env=env,
         )
-        _wait_for(f"http://127.0.0.1:{port}/api/status", timeout=60)
+        _wait_for(f"http://127.0.0.1:{port}/api/status", token, timeout=60)
         print(
             "\n  jupyter-ec2 demo on a simulated cloud (moto) with instance hosts on this machine."
             f"\n  Open: http://127.0.0.1:{port}/lab?token={token}"
