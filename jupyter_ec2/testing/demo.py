@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         if lab is not None and lab.poll() is None:
-            lab.send_signal(signal.SIGINT)
+            lab.terminate()  # SIGTERM: jupyter shuts down without asking
             try:
                 lab.wait(timeout=10)
             except subprocess.TimeoutExpired:
