@@ -337,9 +337,13 @@ def jp_server_cleanup() -> Iterator[None]:
     yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def jp_ec2_browser() -> Iterator[Browser]:
-    """Debian's headless Chromium, driven by Playwright's sync API."""
+    """Debian's headless Chromium, driven by Playwright's sync API.
+
+    Module-scoped: while Playwright's sync API runs it leaves its loop marked as running in
+    this thread, which would break every async test (pytest-jupyter) collected after it.
+    """
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
