@@ -876,6 +876,7 @@ class EC2Backend(LoggingConfigurable):
         self._lock = threading.RLock()
         self._session: Any = None
         self._clients: dict[tuple[str, str], Any] = {}
+        self._group_lock = threading.Lock()
         self._images: dict[tuple[str, str, str], tuple[float, ImageInfo]] = {}
         self._type_arch: dict[tuple[str, str], str] = {}
         super().__init__(**kwargs)
@@ -1170,7 +1171,8 @@ class EC2Backend(LoggingConfigurable):
         cidrs = self.ssh_access_cidrs() if cidrs is None else cidrs
         ec2 = self.client(region)
         name = security_group_name(self.owner_id)
-        with self._aws("set up the security group", region):
+        # Launches run in worker threads: one at a time may create or change the group.
+        with self._group_lock, self._aws("set up the security group", region):
             group = self._find_group(ec2, vpc_id, name)
             if group is None:
                 try:
@@ -1224,9 +1226,15 @@ class EC2Backend(LoggingConfigurable):
             ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=revoke)
             self.log.info("Revoked stale ingress rules of %s", group_id)
         if authorize:
-            ec2.authorize_security_group_ingress(
-                GroupId=group_id, IpPermissions=build_ssh_permissions(authorize)
-            )
+            try:
+                ec2.authorize_security_group_ingress(
+                    GroupId=group_id, IpPermissions=build_ssh_permissions(authorize)
+                )
+            except Exception as err:
+                code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code", "")
+                if code != "InvalidPermission.Duplicate":
+                    raise
+                # Another process (a second Jupyter server of this user) added it first.
             self.log.info("Allowed SSH to %s from %s", group_id, ", ".join(authorize))
 
     def refresh_ssh_access(

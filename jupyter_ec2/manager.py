@@ -99,6 +99,8 @@ class InstanceRecord:
     task: asyncio.Task | None = None
     # Serialises user actions on this instance: a second one while the first runs gets 409.
     busy: bool = False
+    # Set when the poller sees a new EC2 state, so a waiting task wakes at once.
+    state_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def persistent(self) -> dict[str, Any]:
         """The fields saved to disk to re-attach after a restart."""
@@ -141,6 +143,13 @@ class LaunchManager(LoggingConfigurable):
     poll_slow = Float(
         30.0, min=0.1, help="Seconds between EC2 polls when every instance is steady."
     ).tag(config=True)
+    poll_min_gap = Float(
+        0.25,
+        min=0.01,
+        help="""The shortest time between two EC2 polls, when a launch or an action asks for one
+        sooner than poll_fast (waiting for a new instance to run backs off from this to
+        poll_fast).""",
+    ).tag(config=True)
     boot_timeout = Float(
         600.0, min=1.0, help="Seconds to wait for a launched or started instance to run."
     ).tag(config=True)
@@ -156,6 +165,7 @@ class LaunchManager(LoggingConfigurable):
         self.records: dict[str, InstanceRecord] = {}
         self._poller: asyncio.Task | None = None
         self._started: asyncio.Future | None = None
+        self._launching: set[str] = set()
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -294,6 +304,8 @@ class LaunchManager(LoggingConfigurable):
                 "started_at": _now(),
             },
         )
+        # Until its record exists, the poller must not adopt this launch's instance as unknown.
+        self._launching.add(launch_id)
         try:
             result = await self._thread(
                 functools.partial(self.backend.launch, profile, label=label, launch_id=launch_id)
@@ -307,6 +319,8 @@ class LaunchManager(LoggingConfigurable):
         except EC2LauncherError:
             self.store.delete_json(f"launch-{launch_id}")
             raise
+        finally:
+            self._launching.discard(launch_id)
         record = InstanceRecord(
             id=result.instance_id,
             name=label,
@@ -494,7 +508,9 @@ class LaunchManager(LoggingConfigurable):
             await self._bring_up(record, self._profile_of(record), fresh=False)
 
     async def _wait_running(self, record: InstanceRecord) -> None:
+        """Wait for EC2 to say running, asking the poller with a short backoff (0.25 s → fast)."""
         deadline = time.monotonic() + self.boot_timeout
+        delay = self.poll_min_gap
         while record.ec2_state != "running":
             if record.ec2_state in ("stopped", "stopping", "terminated", "shutting-down"):
                 raise _StepError("boot", f"The instance is {record.ec2_state} instead of running.")
@@ -502,8 +518,11 @@ class LaunchManager(LoggingConfigurable):
                 raise _StepError(
                     "boot", f"The instance did not reach 'running' in {self.boot_timeout:.0f} s."
                 )
+            record.state_changed.clear()
             self._changed.set()
-            await asyncio.sleep(min(self.poll_fast, 1.0))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(record.state_changed.wait(), timeout=delay)
+            delay = min(delay * 2, self.poll_fast)
 
     async def _open_forward(self, record: InstanceRecord, target: Any) -> None:
         forward = await self._thread(
@@ -552,14 +571,17 @@ class LaunchManager(LoggingConfigurable):
     # -- the poller ------------------------------------------------------------------------------
 
     async def _poll_forever(self) -> None:
+        last_poll = 0.0
         while not self._closing:
             busy = any(r.phase in TRANSITIONAL for r in self.records.values())
             interval = self.poll_fast if busy else self.poll_slow
             self._changed.clear()
+            wait = max(0.0, last_poll + interval - time.monotonic())
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=interval)
-                # A change was signalled: poll soon, but never more often than poll_fast.
-                await asyncio.sleep(self.poll_fast)
+                await asyncio.wait_for(self._changed.wait(), timeout=wait)
+                # A change was signalled: poll now, but never more often than poll_min_gap.
+                await asyncio.sleep(max(0.0, last_poll + self.poll_min_gap - time.monotonic()))
+            last_poll = time.monotonic()
             try:
                 await self.poll_once()
             except asyncio.CancelledError:
@@ -584,7 +606,7 @@ class LaunchManager(LoggingConfigurable):
             for inst in found:
                 record = self.records.get(inst.instance_id)
                 if record is None:
-                    if inst.state != "terminated":
+                    if inst.state != "terminated" and inst.launch_id not in self._launching:
                         await self._adopt(inst)
                     continue
                 self._reconcile(record, inst)
@@ -604,6 +626,7 @@ class LaunchManager(LoggingConfigurable):
         if inst.state == record.ec2_state:
             return
         previous, record.ec2_state = record.ec2_state, inst.state
+        record.state_changed.set()
         self._log(
             record,
             "ec2",

@@ -250,6 +250,27 @@ async def test_restart_reattaches_without_provisioning(jp_fetch, jp_serverapp):
     await _wait_phase(jp_fetch, inst["id"], {"terminated"})
 
 
+async def test_launch_never_recorded_is_adopted_not_relaunched(
+    jp_fetch, jp_serverapp, jp_ec2_cloud
+):
+    # Given a server that crashed between RunInstances and saving the instance's record:
+    # the launch record is on disk and the instance exists, but no instance record
+    app = jp_serverapp.extension_manager.extension_points["jupyter_ec2"].app
+    launch_id = "0f3c2a9e-1111-4222-8333-944455556666"
+    app.store.write_json_secret(f"launch-{launch_id}", {"launch_id": launch_id})
+    profile = app.profile_set.get("cpu")
+    result = await asyncio.to_thread(app.backend.launch, profile, launch_id=launch_id)
+    # When the server starts again and the instances are listed
+    _, listed = await _json(jp_fetch, "instances")
+    # Then the instance is found by its tags, brought to ready, and nothing else was launched
+    assert [i["id"] for i in listed["instances"]] == [result.instance_id]
+    await _wait_phase(jp_fetch, result.instance_id, {"ready"})
+    assert _running(jp_ec2_cloud) == [result.instance_id]
+    assert app.store.read_json(f"launch-{launch_id}") is None
+    await _json(jp_fetch, "instances", result.instance_id, method="DELETE")
+    await _wait_phase(jp_fetch, result.instance_id, {"terminated"})
+
+
 async def test_provisioning_failure_is_stopped_and_terminable(jp_fetch, jp_ec2_cloud):
     # Given a profile whose environment asks for a package that does not exist
     # When it is launched

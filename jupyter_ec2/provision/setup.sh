@@ -213,7 +213,7 @@ while True:
     if time.monotonic() > deadline:
         print("error: the Jupyter server did not answer on 127.0.0.1:%d within %d s (%s)" % (port, timeout, last))
         sys.exit(1)
-    time.sleep(0.2)
+    time.sleep(0.05)
 status, _ = get(False)
 if status not in (401, 403):
     print("error: the Jupyter server answered without the token (HTTP %d)" % status)

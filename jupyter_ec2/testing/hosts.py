@@ -460,6 +460,12 @@ class SSHHost:
             "MaxSessions 64",
             "LogLevel VERBOSE",
             "Subsystem sftp internal-sftp",
+            # bash sources ~/.bashrc for commands sshd runs when it believes it is the first
+            # shell (SHLVL < 2). This machine's root .bashrc runs `pyenv rehash`, whose lock,
+            # left behind when a host is stopped mid-login, stalls every later login for 60 s;
+            # an image's default user has no such rc. Starting sessions at SHLVL 1 keeps rc
+            # files out of non-interactive commands, as on a fresh Ubuntu image.
+            "SetEnv SHLVL=1",
         ]
         _write_file(self.config_path, "\n".join(lines) + "\n", 0o600)
 
