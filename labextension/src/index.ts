@@ -15,10 +15,10 @@ import { ILauncher } from '@jupyterlab/launcher';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { addCommands, PanelTracker } from './commands';
-import { ProfileTiles } from './launcher';
+import { profileTiles } from './launcher';
 import { EC2Model } from './model';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
-import { ProfilePaletteItems } from './palette';
+import { profilePaletteItems } from './palette';
 import {
   CATEGORY,
   CommandIDs,
@@ -62,7 +62,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     new ErrorNotifier(model);
 
     if (launcher) {
-      new ProfileTiles(launcher, model);
+      profileTiles(launcher, model);
     }
     if (palette) {
       [
@@ -81,7 +81,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           args: { isPalette: true }
         })
       );
-      new ProfilePaletteItems(palette, model);
+      profilePaletteItems(palette, model);
     }
     if (restorer) {
       void restorer.restore(tracker, {
