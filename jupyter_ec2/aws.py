@@ -1120,7 +1120,9 @@ class EC2Backend(LoggingConfigurable):
         headers = {"User-Agent": f"jupyter-ec2/{__version__}"}
         request = urllib.request.Request(url, headers=headers)  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=self.caller_ip_timeout) as resp:  # noqa: S310
+            # A new opener per call reads the proxy variables as they are now.
+            opener = urllib.request.build_opener()
+            with opener.open(request, timeout=self.caller_ip_timeout) as resp:
                 body = resp.read(100)
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", None) or type(err).__name__

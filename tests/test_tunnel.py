@@ -95,6 +95,9 @@ class RemoteJupyter:
         return f"http://127.0.0.1:{port or self.port}{self.base_url}{path}"
 
 
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def start_remote_jupyter(workdir: Path, base_url: str) -> RemoteJupyter:
     """Start ``jupyter server`` on a free loopback port with a token; wait until it answers."""
     port, token = free_port(), secrets.token_hex(24)
@@ -140,7 +143,9 @@ def start_remote_jupyter(workdir: Path, base_url: str) -> RemoteJupyter:
             request = urllib.request.Request(  # noqa: S310 - http://127.0.0.1 only
                 remote.url(path="api/status"), headers={"Authorization": f"token {token}"}
             )
-            with urllib.request.urlopen(request, timeout=2):  # noqa: S310
+            # A private opener without proxies: urlopen's global one keeps the proxy variables
+            # of whichever test called it first (the simulated cloud's closed proxy).
+            with _NO_PROXY.open(request, timeout=2):
                 return remote
         except OSError:
             time.sleep(0.1)
