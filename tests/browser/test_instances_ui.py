@@ -229,7 +229,8 @@ def test_launch_from_a_tile_open_the_remote_notebook_then_stop_start_and_termina
         shot = {"taken": False}
 
         def on_phase(phase: str) -> None:
-            if phase in ("connecting", "provisioning", "starting") and not shot["taken"]:
+            # Any phase before ready: provisioning can take under one poll of the panel here.
+            if phase in ("booting", "connecting", "provisioning", "starting") and not shot["taken"]:
                 expect(card.locator('[data-testid="ec2-progress"]')).to_be_visible()
                 expect(card.locator('[data-testid="ec2-message"]')).not_to_be_empty()
                 expect(card.locator('[data-testid="ec2-elapsed"]')).to_have_text(
@@ -240,7 +241,7 @@ def test_launch_from_a_tile_open_the_remote_notebook_then_stop_start_and_termina
 
         phases = follow_phases(card, "ready", READY_TIMEOUT_MS, on_phase)
         assert_in_lifecycle_order(phases)
-        assert len(phases) >= 3, phases
+        assert len(phases) >= 2 and phases[-1] == "ready", phases
         assert shot["taken"], phases
 
         # Then the instance is ready: forward up, no progress bar, Open offered, and a toast
