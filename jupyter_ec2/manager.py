@@ -188,7 +188,7 @@ class LaunchManager(LoggingConfigurable):
         self._loop = asyncio.get_running_loop()
         self.tunnels.on_change = self._on_tunnel_change
         try:
-            await self._rediscover()
+            await self.poll_once()  # re-discovers every managed instance by its tags
         except EC2LauncherError as err:
             self.log.warning("jupyter-ec2: could not list instances at start-up: %s", err.message)
         self._poller = asyncio.create_task(self._poll_forever(), name="jupyter-ec2-poller")
@@ -713,9 +713,6 @@ class LaunchManager(LoggingConfigurable):
             self._set_phase(record, Phase.TERMINATING, "Terminating.")
         self._save(record)
 
-    async def _rediscover(self) -> None:
-        await self.poll_once()
-
     async def _check_idle(self) -> None:
         now = time.monotonic()
         for record in list(self.records.values()):
@@ -912,4 +909,4 @@ def idle_message(status: Any) -> str:
     return f"Ready · idle, stops in {max(0, round(minutes))} min"
 
 
-__all__ = ["LaunchManager", "InstanceRecord", "ValidationError", "idle_message"]
+__all__ = ["InstanceRecord", "LaunchManager", "idle_message"]
