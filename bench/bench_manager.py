@@ -62,23 +62,13 @@ HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
+from jupyter_ec2.provision import SCRIPT_STEPS  # noqa: E402
 from jupyter_ec2.testing.cloud import SimulatedCloud, free_port  # noqa: E402
 from jupyter_ec2.testing.demo import IMAGE_PYTHON, remove_user, simulated_config  # noqa: E402
 from jupyter_ec2.testing.hosts import InstanceHosts  # noqa: E402
 
 SIM = HERE.parent / "_sim.py"
 API = "/jupyter-ec2/api/"
-SCRIPT_STEPS = (
-    "cloud-init",
-    "user",
-    "environment",
-    "notebooks",
-    "tls",
-    "config",
-    "service",
-    "ready",
-    "watchdog",
-)
 TARGETS = {
     "one": 3.0,
     "five": 6.0,

@@ -22,6 +22,7 @@ from pathlib import Path
 import boto3
 import paramiko
 import pytest
+import pytest_socket
 import yaml
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
@@ -231,6 +232,8 @@ def test_socket_guard_blocks_non_loopback_addresses():
     # Given pytest-socket's --allow-hosts guard from pyproject.toml
     # When a socket connects to a TEST-NET address (never actually reached)
     blocked = (SocketBlockedError, SocketConnectBlockedError)  # the latter under --allow-hosts
+    # (refuse to try at all when the guard is off, e.g. under `-o addopts=`: a SYN would leave)
+    assert socket.socket.connect is not pytest_socket._true_connect, "the socket guard is off"
     with socket.socket() as sock, pytest.raises(blocked):
         sock.connect(("192.0.2.1", 22))
     # Then the guard raised before any packet could leave

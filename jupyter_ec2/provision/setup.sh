@@ -529,6 +529,19 @@ start_supervisor() {
   die "the supervisor did not start"
 }
 
+# Install a systemd unit file and enable the unit; UNIT_CHANGED=1 when the file changed (the
+# caller then restarts the service).
+install_unit() {
+  local src=$1 name=$2
+  install_file "$src" "/etc/systemd/system/$name.service" 0644 0:0
+  UNIT_CHANGED=$FILE_CHANGED
+  if ((UNIT_CHANGED)); then systemctl daemon-reload; fi
+  if ! systemctl is-enabled --quiet -- "$name"; then
+    systemctl enable --quiet -- "$name"
+    changed
+  fi
+}
+
 step_service() {
   step service 80
   local restart=0
@@ -557,15 +570,8 @@ RestartSec=2
 [Install]
 WantedBy=multi-user.target
 EOF
-    install_file "$WORK/unit" "/etc/systemd/system/$SERVICE.service" 0644 0:0
-    if ((FILE_CHANGED)); then
-      systemctl daemon-reload
-      restart=1
-    fi
-    if ! systemctl is-enabled --quiet -- "$SERVICE"; then
-      systemctl enable --quiet -- "$SERVICE"
-      changed
-    fi
+    install_unit "$WORK/unit" "$SERVICE"
+    ((UNIT_CHANGED)) && restart=1
     if ((restart)) && systemctl is-active --quiet -- "$SERVICE"; then
       echo "restarting the Jupyter server"
       systemctl restart -- "$SERVICE"
@@ -666,15 +672,8 @@ RestartSec=5
 [Install]
 WantedBy=multi-user.target
 EOF
-    install_file "$WORK/watchdog-unit" "/etc/systemd/system/$WATCHDOG.service" 0644 0:0
-    if ((FILE_CHANGED)); then
-      systemctl daemon-reload
-      restart=1
-    fi
-    if ! systemctl is-enabled --quiet -- "$WATCHDOG"; then
-      systemctl enable --quiet -- "$WATCHDOG"
-      changed
-    fi
+    install_unit "$WORK/watchdog-unit" "$WATCHDOG"
+    ((UNIT_CHANGED)) && restart=1
     if ((restart)) && watchdog_running; then
       systemctl restart -- "$WATCHDOG"
       changed
