@@ -21,7 +21,7 @@ from .handlers import (
     InstancesHandler,
     ProfilesHandler,
 )
-from .models import ProfileSet, load_profiles
+from .models import INSTANCE_ID_PATTERN, ProfileSet, load_profiles
 from .proxy import RemoteEndpoint, close_upstream_pool, remote_handlers
 
 API_PREFIX = "jupyter-ec2/api"
@@ -39,10 +39,10 @@ class EC2Launcher(ExtensionApp):
     routes = [
         (rf"/{API_PREFIX}/profiles", ProfilesHandler),
         (rf"/{API_PREFIX}/instances", InstancesHandler),
-        (rf"/{API_PREFIX}/instances/(i-[0-9a-f]{{8,17}})", InstanceHandler),
-        (rf"/{API_PREFIX}/instances/(i-[0-9a-f]{{8,17}})/log", InstanceLogHandler),
+        (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})", InstanceHandler),
+        (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/log", InstanceLogHandler),
         (
-            rf"/{API_PREFIX}/instances/(i-[0-9a-f]{{8,17}})/(start|stop|reconnect)",
+            rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/(start|stop|reconnect)",
             InstanceActionHandler,
         ),
         # The remote notebooks, HTTP and websockets, through the forwards.
@@ -139,8 +139,10 @@ class EC2Launcher(ExtensionApp):
         self.backend = self.backend_class(parent=self, store=self.store)
         self.provisioner = self.provisioner_class(parent=self)
         self.tunnels = self.tunnel_class(parent=self)
-        # One login user for provisioning and forwards (an ssh_config User still wins for both).
-        self.tunnels.default_user = self.provisioner.login_user
+        # One login user for provisioning and forwards (an ssh_config User still wins for both),
+        # unless c.TunnelManager.default_user is set: then that is what the forwards use.
+        if "default_user" not in self.config.get("TunnelManager", {}):
+            self.tunnels.default_user = self.provisioner.login_user
         self.profile_set = self.load_profile_set(self.backend, self.provisioner)
         self.manager = self.manager_class(
             parent=self,

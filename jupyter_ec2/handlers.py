@@ -127,15 +127,16 @@ class InstanceHandler(EC2APIHandler):
 
 
 class InstanceLogHandler(EC2APIHandler):
-    """``GET instances/{id}/log?after=N``: the instance's log from line N on."""
+    """``GET instances/{id}/log?after=N``: the instance's log after line N."""
 
     @web.authenticated
     @authorized
     @api_errors
     async def get(self, instance_id: str) -> None:
-        """Log lines with ``seq >= after``, and the ``next`` value to ask for."""
+        """Log lines with ``seq > after``, and the ``next`` value to ask for."""
         raw = self.get_query_argument("after", "0")
-        if not raw.isdigit() or len(raw) > 12:
+        # isdigit() alone accepts "²" and other digits int() refuses: ASCII digits only.
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
             raise ValidationError("after", "after must be a non-negative whole number.")
         manager = await self.manager()
         self.write_json(manager.log_after(instance_id, int(raw)))

@@ -33,6 +33,7 @@ class Phase(str, enum.Enum):
     TERMINATING = "terminating"
     TERMINATED = "terminated"
     FAILED = "failed"
+    RESIZING = "resizing"
 
 
 #: The fields a launch profile may hold; a launch request may override only these.
@@ -58,13 +59,19 @@ MAX_PACKAGES = 100
 MAX_PACKAGE_SPEC = 200
 MAX_TAGS = 40  # AWS allows 50; the extension's own tags need the rest
 
-_PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
-_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]{0,15}\.[a-z0-9-]{2,16}$")
-_AMI_ID = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
-_TAG_CHARS = re.compile(r"^[\w .:/=+\-@]*$", re.UNICODE)
-_PACKAGE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
-_ABS_PATH = re.compile(r"^/[A-Za-z0-9._+/-]{1,255}$")
+# Every pattern is matched with fullmatch (a "$" would accept a trailing newline) and, except
+# for tags (AWS allows any UTF-8 letter there), with re.ASCII so "\\d" is 0-9 only.
+_PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}", re.ASCII)
+_REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}", re.ASCII)
+_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]{0,15}\.[a-z0-9-]{2,16}", re.ASCII)
+_AMI_ID = re.compile(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})", re.ASCII)
+_TAG_CHARS = re.compile(r"[\w .:/=+\-@]*")
+_PACKAGE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCII)
+_HTTPS_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._~%/+-]*", re.ASCII)
+#: An EC2 instance id, for routes and validation alike: ``i-`` and 8 or 17 lower-case hex digits.
+INSTANCE_ID_PATTERN = r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})"
+_INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN, re.ASCII)
+_ABS_PATH = re.compile(r"/[A-Za-z0-9._+/-]{1,255}", re.ASCII)
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,10 +95,19 @@ def _expect(value: Any, kind: type | tuple[type, ...], field_name: str, what: st
     return value
 
 
+def validate_instance_id(value: Any, field: str = "instance_id") -> str:
+    """An EC2 instance id: ``i-`` followed by 8 or 17 lower-case hex digits."""
+    if not isinstance(value, str) or not _INSTANCE_ID.fullmatch(value):
+        raise ValidationError(
+            field, f"{str(value)[:40]!r} is not an instance id (i- and 8 or 17 hex digits)."
+        )
+    return value
+
+
 def validate_profile_name(name: Any) -> str:
     """A profile name: lower-case letters, digits, '-' and '_', at most 32 characters."""
     _expect(name, str, "profile", "a string")
-    if not _PROFILE_NAME.match(name):
+    if not _PROFILE_NAME.fullmatch(name):
         raise ValidationError(
             "profile",
             f"Profile name {name!r:.40} is not valid: use 1–32 lower-case letters, digits, "
@@ -112,7 +128,7 @@ def validate_display_name(value: Any) -> str:
 def validate_region(value: Any) -> str:
     """A real EC2 region name such as ``us-east-1``."""
     _expect(value, str, "region", "a string such as 'us-east-1'")
-    if not _REGION.match(value):
+    if not _REGION.fullmatch(value):
         raise ValidationError(
             "region", f"region {value!r:.40} is not a region name such as 'us-east-1'."
         )
@@ -126,7 +142,7 @@ def validate_region(value: Any) -> str:
 def validate_instance_type(value: Any) -> str:
     """An instance type name of the form ``family.size`` (``t3.medium``)."""
     _expect(value, str, "instance_type", "a string such as 't3.medium'")
-    if not _INSTANCE_TYPE.match(value):
+    if not _INSTANCE_TYPE.fullmatch(value):
         raise ValidationError(
             "instance_type", f"instance_type {value!r:.40} is not a type name such as 't3.medium'."
         )
@@ -136,7 +152,7 @@ def validate_instance_type(value: Any) -> str:
 def validate_ami(value: Any) -> str:
     """An image alias (``ubuntu-24.04``) or an image id (``ami-0123456789abcdef0``)."""
     _expect(value, str, "ami", "a string")
-    if value in AMI_ALIASES or _AMI_ID.match(value):
+    if value in AMI_ALIASES or _AMI_ID.fullmatch(value):
         return value
     raise ValidationError(
         "ami",
@@ -185,7 +201,7 @@ def validate_tags(value: Any) -> dict[str, str]:
             raise ValidationError("tags", f"Tag {key!r:.40} is too long (name ≤ 128, value ≤ 256).")
         if key.lower().startswith(("aws:", "jupyter-ec2:")) or key == "Name":
             raise ValidationError("tags", f"Tag name {key!r} is reserved.")
-        if not _TAG_CHARS.match(key) or not _TAG_CHARS.match(val):
+        if not _TAG_CHARS.fullmatch(key) or not _TAG_CHARS.fullmatch(val):
             raise ValidationError("tags", f"Tag {key!r:.40} has characters AWS does not allow.")
         tags[key] = val
     return tags
@@ -244,17 +260,14 @@ def validate_environment(value: Any) -> dict[str, Any]:
         env["packages"] = [validate_package_spec(p) for p in packages]
     if kind == "conda" and "installer_url" in value:
         url = _expect(value["installer_url"], str, "environment.installer_url", "an https URL")
-        if (
-            not re.match(r"^https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9._~%/+-]*$", url)
-            or len(url) > 500
-        ):
+        if not _HTTPS_URL.fullmatch(url) or len(url) > 500:
             raise ValidationError(
                 "environment.installer_url", "environment.installer_url must be a plain https URL."
             )
         env["installer_url"] = url
     if kind == "existing":
         python = value.get("python")
-        if not isinstance(python, str) or not _ABS_PATH.match(python) or "/../" in python:
+        if not isinstance(python, str) or not _ABS_PATH.fullmatch(python) or "/../" in python:
             raise ValidationError(
                 "environment.python",
                 "environment.python must be the absolute path of an interpreter on the image.",
@@ -453,3 +466,95 @@ class LaunchRequest:
         if base is None:
             raise ValidationError("profile", f"There is no launch profile {self.profile!r}.")
         return base.with_overrides(self.overrides)
+
+
+@dataclass
+class LogLine:
+    """One line of an instance's log (``seq`` counts from 1)."""
+
+    seq: int
+    time: str
+    step: str
+    text: str
+
+
+@dataclass
+class Instance:
+    """What is known of one managed instance; ``to_json`` gives the API's ``Instance``.
+
+    The fields a program derives (``actions``, ``pending``, ``idle``, ``url``, ``tunnel``) are
+    passed in by the manager, which owns the rules and the runtime state behind them.
+    """
+
+    id: str
+    name: str
+    profile: str
+    region: str
+    instance_type: str
+    launch_id: str
+    phase: Phase = Phase.LAUNCHING
+    progress: int = 0
+    message: str = ""
+    error: dict[str, str] | None = None
+    ec2_state: str = "pending"
+    launched_at: str = ""
+    updated_at: str = ""
+    hourly_usd: float | None = None
+    remote_port: int | None = None
+    token: str | None = None
+    local_port: int | None = None
+    provisioned: bool = False
+    spot: bool = False
+    spot_interrupted: bool = False
+
+    #: The fields saved to disk to re-attach after a restart.
+    PERSISTENT = (
+        "id",
+        "name",
+        "profile",
+        "region",
+        "instance_type",
+        "launch_id",
+        "launched_at",
+        "remote_port",
+        "token",
+        "local_port",
+        "provisioned",
+        "error",
+        "spot",
+    )
+
+    def persistent(self) -> dict[str, Any]:
+        """The fields saved to disk to re-attach after a restart."""
+        return {name: getattr(self, name) for name in self.PERSISTENT}
+
+    def to_json(
+        self,
+        *,
+        actions: list[str],
+        pending: bool,
+        url: str | None = None,
+        tunnel: dict[str, Any] | None = None,
+        idle: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The API ``Instance`` (DESIGN.md §4)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "profile": self.profile,
+            "region": self.region,
+            "instance_type": self.instance_type,
+            "ec2_state": self.ec2_state,
+            "phase": self.phase.value,
+            "progress": self.progress,
+            "message": self.message,
+            "error": self.error,
+            "tunnel": tunnel,
+            "url": url,
+            "launched_at": self.launched_at,
+            "updated_at": self.updated_at,
+            "hourly_usd": self.hourly_usd,
+            "actions": actions,
+            "pending": pending,
+            "idle": idle,
+        }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -69,14 +70,41 @@ def latest_spot_price(history: Iterable[dict[str, Any]]) -> float | None:
 
 
 class PriceCatalog:
-    """Hourly prices by (region, instance type, spot), looked up once and cached."""
+    """Hourly prices by (region, instance type, spot), cached; a failed lookup is retried.
 
-    def __init__(self, client_factory: Callable[[str, str], Any], log: Any = None):
+    An answer of AWS (a price, or no price for that type) is kept for the life of the server. A
+    lookup that failed (throttled, no network, no permission) is retried after ``retry_initial``
+    seconds, doubling up to ``retry_max``, so one bad moment does not hide a price for good.
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable[[str, str], Any],
+        log: Any = None,
+        *,
+        retry_initial: float = 30.0,
+        retry_max: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         # client_factory(service, region) -> a boto3 client; EC2Backend provides one.
         self._client = client_factory
         self._log = log
         self._cache: dict[tuple[str, str, bool], float | None] = {}
+        # key -> (failures in a row, when the next try is due)
+        self._failed: dict[tuple[str, str, bool], tuple[int, float]] = {}
         self._lock = threading.Lock()
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._clock = clock
+
+    def due(self, region: str, instance_type: str, spot: bool = False) -> bool:
+        """Whether a lookup would ask AWS now (nothing cached and no failure still backing off)."""
+        key = (region, instance_type, spot)
+        with self._lock:
+            if key in self._cache:
+                return False
+            failed = self._failed.get(key)
+            return failed is None or self._clock() >= failed[1]
 
     def hourly_usd(self, region: str, instance_type: str, spot: bool = False) -> float | None:
         """The price per hour in USD, or None when AWS does not say (call from a thread)."""
@@ -84,38 +112,44 @@ class PriceCatalog:
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-        price = (
-            self._spot(region, instance_type) if spot else self._on_demand(region, instance_type)
-        )
+            failed = self._failed.get(key)
+            if failed is not None and self._clock() < failed[1]:
+                return None
+        try:
+            price = (
+                self._spot(region, instance_type)
+                if spot
+                else self._on_demand(region, instance_type)
+            )
+        except Exception as err:  # noqa: BLE001 - a price is optional; never fail a launch for it
+            self._debug("price of %s in %s unknown for now: %s", instance_type, region, err)
+            with self._lock:
+                count = (self._failed.get(key) or (0, 0.0))[0] + 1
+                wait = min(self._retry_max, self._retry_initial * 2 ** (count - 1))
+                self._failed[key] = (count, self._clock() + wait)
+            return None
         with self._lock:
             self._cache[key] = price
+            self._failed.pop(key, None)
         return price
 
     def _on_demand(self, region: str, instance_type: str) -> float | None:
-        try:
-            client = self._client("pricing", PRICING_REGION)
-            answer = client.get_products(
-                ServiceCode="AmazonEC2",
-                Filters=on_demand_filters(region, instance_type),
-                MaxResults=20,
-            )
-            return hourly_usd_from_price_list(answer.get("PriceList") or [])
-        except Exception as err:  # noqa: BLE001 - a price is optional; never fail a launch for it
-            self._debug("on-demand price of %s in %s unknown: %s", instance_type, region, err)
-            return None
+        client = self._client("pricing", PRICING_REGION)
+        answer = client.get_products(
+            ServiceCode="AmazonEC2",
+            Filters=on_demand_filters(region, instance_type),
+            MaxResults=20,
+        )
+        return hourly_usd_from_price_list(answer.get("PriceList") or [])
 
     def _spot(self, region: str, instance_type: str) -> float | None:
-        try:
-            client = self._client("ec2", region)
-            answer = client.describe_spot_price_history(
-                InstanceTypes=[instance_type],
-                ProductDescriptions=["Linux/UNIX"],
-                MaxResults=20,
-            )
-            return latest_spot_price(answer.get("SpotPriceHistory") or [])
-        except Exception as err:  # noqa: BLE001 - a price is optional
-            self._debug("spot price of %s in %s unknown: %s", instance_type, region, err)
-            return None
+        client = self._client("ec2", region)
+        answer = client.describe_spot_price_history(
+            InstanceTypes=[instance_type],
+            ProductDescriptions=["Linux/UNIX"],
+            MaxResults=20,
+        )
+        return latest_spot_price(answer.get("SpotPriceHistory") or [])
 
     def _debug(self, *args: Any) -> None:
         if self._log is not None:

@@ -34,29 +34,22 @@ from .keys import (
     read_private_key,
     write_private_file,
 )
+from .models import validate_instance_id
+
+__all__ = ["StateStore", "validate_instance_id"]
 
 #: File name of the managed private key inside the state directory.
 KEY_FILE_NAME = "id_ed25519"
 #: Sub-directory of pinned host keys.
 HOST_KEYS_DIR = "host_keys"
 
-_INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
-_RECORD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def validate_instance_id(value: Any, field: str = "instance_id") -> str:
-    """An EC2 instance id: ``i-`` followed by 8 or 17 lower-case hex digits."""
-    if not isinstance(value, str) or not _INSTANCE_ID.match(value):
-        raise ValidationError(
-            field, f"{str(value)[:40]!r} is not an instance id (i- and 8 or 17 hex digits)."
-        )
-    return value
+_RECORD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
 
 
 def _validate_record_name(name: Any) -> str:
     if (
         not isinstance(name, str)
-        or not _RECORD_NAME.match(name)
+        or not _RECORD_NAME.fullmatch(name)
         or ".." in name
         or name.endswith((".tmp", "."))
     ):

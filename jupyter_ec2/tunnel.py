@@ -892,6 +892,7 @@ class Forward:
                         return
                     except Exception as error:  # noqa: BLE001 - any other failure is retried
                         failures += 1
+                        manager._notify_retry(self.instance_id, failures)
                         first_failure = first_failure or time.monotonic()
                         self.last_error = str(error)
                         give_up = manager.give_up_after
@@ -1121,6 +1122,9 @@ class TunnelManager(LoggingConfigurable):
     ):
         super().__init__(**kwargs)
         self.on_change = on_change
+        #: Called (instance_id, failures) from the forward's thread after a failed reconnect,
+        #: so the owner can refresh what may have caused it (the SSH rule of a moved address).
+        self.on_retry: Callable[[str, int], None] | None = None
         self._custom_factory = link_factory
         self._forwards: dict[str, Forward] = {}
         self._lock = threading.Lock()
@@ -1219,6 +1223,15 @@ class TunnelManager(LoggingConfigurable):
             forwards, self._forwards = list(self._forwards.values()), {}
         for forward in forwards:
             forward.close()
+
+    def _notify_retry(self, instance_id: str, failures: int) -> None:
+        callback = self.on_retry
+        if callback is None:
+            return
+        try:
+            callback(instance_id, failures)
+        except Exception:
+            self.log.exception("on_retry callback failed for %s", instance_id)
 
     def _notify(self, instance_id: str, state: TunnelState) -> None:
         callback = self.on_change

@@ -68,20 +68,40 @@ def test_filters_name_region_and_type():
     assert filters["tenancy"] == "Shared"
 
 
-def test_a_failing_api_gives_unknown_and_is_cached():
-    # Given a Price List API that fails (as the simulated cloud, which has none, does)
+def test_a_failing_api_gives_unknown_then_is_retried_with_backoff():
+    # Given a Price List API that fails twice, then answers, and a clock the test moves
     calls = []
+    now = [1000.0]
 
-    class Failing:
+    class Flaky:
         def get_products(self, **kwargs):
             calls.append(kwargs)
-            raise RuntimeError("not implemented")
+            if len(calls) <= 2:
+                raise RuntimeError("throttled")
+            return {"PriceList": [_product("0.0416000000")]}
 
-    catalog = PriceCatalog(lambda service, region: Failing())
-    # When the same price is asked twice / Then it is unknown, and AWS was asked once
+    catalog = PriceCatalog(
+        lambda service, region: Flaky(), retry_initial=30, retry_max=3600, clock=lambda: now[0]
+    )
+    # When the price is asked at once again / Then it is unknown, and AWS was asked once
     assert catalog.hourly_usd("us-east-1", "t3.medium") is None
     assert catalog.hourly_usd("us-east-1", "t3.medium") is None
     assert len(calls) == 1
+    assert not catalog.due("us-east-1", "t3.medium")
+    # When the first backoff (30 s) has passed / Then AWS is asked again, fails, waits 60 s
+    now[0] += 30
+    assert catalog.due("us-east-1", "t3.medium")
+    assert catalog.hourly_usd("us-east-1", "t3.medium") is None
+    assert len(calls) == 2
+    now[0] += 59
+    assert catalog.hourly_usd("us-east-1", "t3.medium") is None
+    assert len(calls) == 2
+    # When the second backoff has passed / Then the answer is used and kept
+    now[0] += 1
+    assert catalog.hourly_usd("us-east-1", "t3.medium") == 0.0416
+    assert catalog.hourly_usd("us-east-1", "t3.medium") == 0.0416
+    assert len(calls) == 3
+    assert not catalog.due("us-east-1", "t3.medium")
 
 
 def test_a_price_list_answer_is_used():

@@ -23,7 +23,12 @@ from typing import Any
 
 from ..errors import ValidationError
 from ..keys import public_key_blob
-from ..models import validate_environment, validate_idle_stop_minutes, validate_package_spec
+from ..models import (
+    INSTANCE_ID_PATTERN,
+    validate_environment,
+    validate_idle_stop_minutes,
+    validate_package_spec,
+)
 
 #: The version of the parameter file; ``setup.sh`` refuses any other.
 PARAMS_VERSION = 1
@@ -49,7 +54,7 @@ MAX_TIMEOUT_SECONDS = 24 * 3600
 MIN_TOKEN_CHARS = 43  # 32 random bytes in URL-safe base64; 64 in hex
 
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
+_INSTANCE_ID = re.compile(rf"{INSTANCE_ID_PATTERN}\Z", re.ASCII)
 _BASE_URL = re.compile(r"^/(?:[A-Za-z0-9._~%!$&'()*+,;=:@-]+/)*$")
 _ABS_PATH = re.compile(r"^/[A-Za-z0-9._+/-]{1,254}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
