@@ -33,7 +33,6 @@ from .models import LogLine, Phase, Profile
 from .pricing import PriceCatalog
 
 MAX_LOG_LINES = 5000
-_TERMINATED = Phase.TERMINATED
 #: Phases that hold no launch slot and need no price.
 CLOSED = frozenset({Phase.STOPPED, Phase.TERMINATED, Phase.FAILED})
 
@@ -199,8 +198,9 @@ class InstanceWatcher(LoggingConfigurable):
                         await self._adopt(inst)
                 elif record.phase != Phase.TERMINATED:
                     self._observe(record, inst)
-            for record in list(self.records.values()):
-                if record.region == region and record.id not in seen and record.phase != _TERMINATED:
+            missing = [r for r in self.records.values() if r.region == region and r.id not in seen]
+            for record in missing:
+                if record.phase != Phase.TERMINATED:
                     await self._absent(record)
         for record in self.records.values():
             unpriced = record.hourly_usd is None and record.phase not in CLOSED
