@@ -21,7 +21,7 @@ import {
   openInNewTab
 } from './actions';
 import { ec2Icon } from './icons';
-import { ACTION_LABELS, canDo } from './instances';
+import { ACTION_LABELS, offers } from './instances';
 import { EC2Model } from './model';
 import { InstanceNotifier } from './notifications';
 import { createPanel, EC2Panel, PANEL_TITLE } from './panel';
@@ -334,7 +334,7 @@ export function addCommands(
       }
       return instance;
     }
-    const candidates = model.instances.filter(item => canDo(item, action));
+    const candidates = model.instances.filter(item => offers(item, action));
     if (candidates.length === 0) {
       Notification.info(`No instance can be ${PAST_PARTICIPLES[action]} now.`, {
         autoClose: 5000
@@ -412,11 +412,11 @@ export function addCommands(
       isEnabled: args => {
         const instance = model.instance(idArg(args));
         if (instance !== undefined) {
-          return canDo(instance, action);
+          return offers(instance, action);
         }
         return (
           idArg(args) !== null ||
-          model.instances.some(item => canDo(item, action))
+          model.instances.some(item => offers(item, action))
         );
       },
       execute: async args => {

@@ -1,15 +1,11 @@
 /**
- * Pure functions about instances: which actions fit a phase, and how to say things.
+ * Pure functions about instances: what the server allows, and how to say things.
  *
- * No side effects and no JupyterLab state: the panel, the commands and the notifications
- * all ask these, so a button and its command never disagree.
+ * The rules (which actions a phase allows, whether it is in progress, the idle countdown) are
+ * the server's: they arrive in `actions`, `pending` and `idle`. These functions only read them,
+ * so a button, its command and the server never disagree.
  */
-import {
-  IInstance,
-  InstanceAction,
-  Phase,
-  TRANSITIONAL_PHASES
-} from './tokens';
+import { IInstance, InstanceAction, Phase } from './tokens';
 
 /** The phases in which an instance comes up (launch, start or reconnect). */
 const BRING_UP_PHASES: ReadonlySet<Phase> = new Set<Phase>([
@@ -20,49 +16,23 @@ const BRING_UP_PHASES: ReadonlySet<Phase> = new Set<Phase>([
   'starting'
 ]);
 
-/** Whether `phase` is one in which the instance changes soon. */
-export function isTransitional(phase: Phase): boolean {
-  return TRANSITIONAL_PHASES.has(phase);
-}
-
 /** Whether `phase` is one of the steps of coming up. */
 export function isBringingUp(phase: Phase): boolean {
   return BRING_UP_PHASES.has(phase);
 }
 
-/** Whether the user may do `action` to `instance` now (the server has the last word). */
-export function canDo(instance: IInstance, action: InstanceAction): boolean {
-  const { phase, ec2_state: ec2State } = instance;
-  switch (action) {
-    case 'open':
-      return phase === 'ready' && !!instance.url;
-    case 'stop':
-      return (
-        phase === 'ready' ||
-        phase === 'degraded' ||
-        phase === 'booting' ||
-        phase === 'connecting' ||
-        phase === 'provisioning' ||
-        phase === 'starting' ||
-        (phase === 'failed' &&
-          (ec2State === 'running' || ec2State === 'pending'))
-      );
-    case 'start':
-      return (
-        phase === 'stopped' || (phase === 'failed' && ec2State === 'stopped')
-      );
-    case 'reconnect':
-      return (
-        (phase === 'degraded' || phase === 'failed') && ec2State === 'running'
-      );
-    case 'terminate':
-      return phase !== 'terminating' && phase !== 'terminated';
-    case 'log':
-      return true;
+/** Whether the server allows `action` on `instance` now (the log can always be shown). */
+export function offers(instance: IInstance, action: InstanceAction): boolean {
+  if (action === 'log') {
+    return true;
   }
+  if (action === 'open' && !instance.url) {
+    return false;
+  }
+  return (instance.actions ?? []).includes(action);
 }
 
-/** The actions that fit an instance's phase, in the order the panel shows them. */
+/** The actions the server allows, in the order the panel shows them. */
 export function actionsFor(instance: IInstance): InstanceAction[] {
   const order: InstanceAction[] = [
     'open',
@@ -72,7 +42,7 @@ export function actionsFor(instance: IInstance): InstanceAction[] {
     'terminate',
     'log'
   ];
-  return order.filter(action => canDo(instance, action));
+  return order.filter(action => offers(instance, action));
 }
 
 /** Button labels of the actions. */
@@ -115,10 +85,18 @@ export function formatPrice(hourlyUsd: number | null): string | null {
   return `$${hourlyUsd.toFixed(digits)}/h`;
 }
 
-/** The minutes left before the idle auto-stop, read from a ready instance's message. */
-export function idleStopMinutes(message: string): number | null {
-  const match = /stops in (\d+) min/i.exec(message);
-  return match ? Number(match[1]) : null;
+/** The whole minutes left before the idle auto-stop, or `null` when it is not counting down. */
+export function idleStopMinutes(instance: IInstance): number | null {
+  const idle = instance.idle;
+  if (
+    idle === null ||
+    idle === undefined ||
+    idle.busy ||
+    idle.seconds_left === null
+  ) {
+    return null;
+  }
+  return Math.max(0, Math.round(idle.seconds_left / 60));
 }
 
 /** The port forward's health in words, or `null` when there is no forward. */

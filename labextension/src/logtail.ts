@@ -86,7 +86,7 @@ export class LogTail implements IDisposable {
       if (this.isDisposed) {
         return;
       }
-      const fresh = (reply.lines ?? []).filter(line => line.seq >= after);
+      const fresh = (reply.lines ?? []).filter(line => line.seq > after);
       const changed = fresh.length > 0 || this._loading || this._error !== null;
       if (fresh.length > 0) {
         this._lines = this._lines.concat(fresh).slice(-MAX_LOG_LINES);
@@ -94,7 +94,7 @@ export class LogTail implements IDisposable {
       if (typeof reply.next === 'number' && reply.next >= after) {
         this._next = reply.next;
       } else if (fresh.length > 0) {
-        this._next = fresh[fresh.length - 1].seq + 1;
+        this._next = fresh[fresh.length - 1].seq;
       }
       this._loading = false;
       this._error = null;

@@ -11,12 +11,7 @@ import { IDisposable } from '@lumino/disposable';
 import { IPoll, Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import {
-  isBringingUp,
-  isCredentialsProblem,
-  isTransitional,
-  parseTime
-} from './instances';
+import { isBringingUp, isCredentialsProblem, parseTime } from './instances';
 import { LogTail } from './logtail';
 import { APIError, requestAPI } from './request';
 import {
@@ -226,7 +221,7 @@ export class EC2Model implements IDisposable {
         serverSettings: this._serverSettings
       });
       const instance = this.instance(id);
-      created.fast = instance !== undefined && isTransitional(instance.phase);
+      created.fast = instance !== undefined && instance.pending;
       created.changed.connect(this._emitChanged, this);
       this._logs.set(id, created);
       this._changed.emit();
@@ -366,7 +361,7 @@ export class EC2Model implements IDisposable {
     this._applyFrequency();
     this._changed.emit();
     this._instanceChanged.emit(change);
-    if (isTransitional(instance.phase)) {
+    if (instance.pending) {
       // Follow the change at the fast pace from now on, not after the slow interval.
       void this._poll.refresh();
     }
@@ -387,14 +382,14 @@ export class EC2Model implements IDisposable {
       }
       const tail = this._logs.get(id);
       if (tail !== undefined) {
-        tail.fast = isTransitional(current.phase);
+        tail.fast = current.pending;
         if (previous !== null && previous.phase !== current.phase) {
           void tail.refresh();
         }
       }
-      if (!isTransitional(current.phase)) {
+      if (!current.pending) {
         delete this._since[id];
-      } else if (previous !== null && !isTransitional(previous.phase)) {
+      } else if (previous !== null && !previous.pending) {
         this._since[id] = now;
       } else if (this._since[id] === undefined) {
         this._since[id] = firstSeenSince(current, now);
@@ -404,7 +399,7 @@ export class EC2Model implements IDisposable {
   }
 
   private _applyFrequency(): void {
-    const busy = this._instances.some(item => isTransitional(item.phase));
+    const busy = this._instances.some(item => item.pending);
     this._poll.frequency = EC2Model.frequency(
       busy
         ? Math.min(FAST_REFRESH_SECONDS, this._refreshSeconds)

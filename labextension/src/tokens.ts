@@ -66,6 +66,28 @@ export namespace CommandIDs {
 export type InstanceAction =
   'open' | 'stop' | 'start' | 'reconnect' | 'terminate' | 'log';
 
+/**
+ * The actions the server may publish in `Instance.actions` (DESIGN.md §4). The panel shows a
+ * button only for those it knows ({@link InstanceAction}); the server decides which apply.
+ */
+export type ServerAction =
+  | 'open'
+  | 'start'
+  | 'reconnect'
+  | 'stop'
+  | 'resize'
+  | 'keepalive'
+  | 'image'
+  | 'workers'
+  | 'terminate';
+
+/** The idle auto-stop countdown of a ready instance (`Instance.idle`). */
+export interface IIdle {
+  stops_at: string | null;
+  seconds_left: number | null;
+  busy: boolean;
+}
+
 /** The environment set up on an instance (`Provisioner.environment`). */
 export type Environment =
   | { kind: 'pip'; packages?: string[] }
@@ -105,7 +127,8 @@ export type Phase =
   | 'stopped'
   | 'terminating'
   | 'terminated'
-  | 'failed';
+  | 'failed'
+  | 'resizing';
 
 /** The state of the port forward to an instance. */
 export interface ITunnel {
@@ -136,6 +159,12 @@ export interface IInstance {
   launched_at: string;
   updated_at: string;
   hourly_usd: number | null;
+  /** The actions allowed now, decided by the server. */
+  actions: ServerAction[];
+  /** Whether a phase is in progress (the panel polls faster while any is). */
+  pending: boolean;
+  /** The idle auto-stop countdown, or null when auto-stop is not armed. */
+  idle: IIdle | null;
 }
 
 /** The answer of `GET instances`. */
@@ -183,15 +212,3 @@ export interface IErrorReply {
   field?: string;
   code?: string;
 }
-
-/** Phases in which something changes soon: the model polls faster while any instance is in one. */
-export const TRANSITIONAL_PHASES: ReadonlySet<Phase> = new Set<Phase>([
-  'launching',
-  'booting',
-  'connecting',
-  'provisioning',
-  'starting',
-  'degraded',
-  'stopping',
-  'terminating'
-]);

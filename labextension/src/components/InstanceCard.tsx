@@ -10,7 +10,6 @@ import {
   formatElapsed,
   formatPrice,
   idleStopMinutes,
-  isTransitional,
   phaseLabel
 } from '../instances';
 import { LogTail } from '../logtail';
@@ -46,13 +45,12 @@ function useNow(active: boolean): number {
 /** A card with the instance's facts, a phase badge, progress, health, cost and actions. */
 export function InstanceCard(props: IInstanceCardProps): JSX.Element {
   const { instance, since, log, profileName, onAction } = props;
-  const changing = isTransitional(instance.phase);
+  const changing = instance.pending;
   const now = useNow(changing);
   const progress = Math.max(0, Math.min(100, Math.round(instance.progress)));
   const price = formatPrice(instance.hourly_usd);
   const forward = forwardText(instance);
-  const idleMinutes =
-    instance.phase === 'ready' ? idleStopMinutes(instance.message) : null;
+  const idleMinutes = idleStopMinutes(instance);
   const showProgress =
     changing || (instance.phase === 'failed' && progress > 0);
   const actions = actionsFor(instance);
