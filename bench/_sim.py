@@ -6,13 +6,13 @@ Two modes::
     python bench/_sim.py client SPEC.json
 
 ``serve`` runs a real ``jupyter_server`` (the extension and everything the environment enables)
-after wrapping a few methods of jupyter-ec2 so that they append timestamped events (one JSON
-object per line, ``time.monotonic()`` clock, the same clock as every other process on this
-machine) to EVENTS.jsonl: phase changes, log lines, provisioning progress as the worker thread
-sees it, spans of the EC2 layer, the provisioner and the forward, every boto3 API call, every
-poll of the manager with its ``aws_calls`` counter, and the lag of the server's event loop.
-The wrappers only observe: arguments and results pass through unchanged. The product code is
-not edited.
+and appends timestamped events (one JSON object per line, ``time.monotonic()`` clock, the same
+clock as every other process on this machine) to EVENTS.jsonl. Phase changes, log lines,
+provisioning progress as the worker thread sees it, and every poll of the manager with its
+``aws_calls`` counter come from the manager's own event stream (``LaunchManager.subscribe``);
+spans of the EC2 layer, the provisioner, the forward and the store, every boto3 API call, and
+the lag of the server's event loop come from wrappers of those layers' public methods, which
+only observe: arguments and results pass through unchanged. The manager is not patched.
 
 ``client`` is a plain ``http.client`` load/latency client on 127.0.0.1 in its own process (so
 it shares neither the server's event loop nor the bench's GIL): ``threads`` threads, each with
@@ -112,7 +112,7 @@ def _instrument() -> None:
     import botocore.client
 
     from jupyter_ec2 import app as app_module
-    from jupyter_ec2 import aws, manager, provision, store, tunnel
+    from jupyter_ec2 import aws, provision, store, tunnel
 
     # Every boto3 API call of the server process, whoever makes it.
     original_call = botocore.client.BaseClient._make_api_call
@@ -174,49 +174,13 @@ def _instrument() -> None:
         if hasattr(st, name):
             setattr(st, name, _span(f"store.{name}")(getattr(st, name)))
 
-    lm = manager.LaunchManager
-    lm._target = _span("manager.target", lambda a, k, r: a[1].id)(lm._target)
-
-    original_set_phase = lm._set_phase
-
-    def set_phase(self, record, phase, message):
-        emit("phase", id=record.id, phase=getattr(phase, "value", str(phase)))
-        return original_set_phase(self, record, phase, message)
-
-    lm._set_phase = set_phase
-
-    original_log = lm._log
-
-    def log(self, record, step, text):
-        emit("log", id=record.id, step=step, text=str(text)[:160])
-        return original_log(self, record, step, text)
-
-    lm._log = log
-
-    original_progress_callback = lm._progress_callback
-
-    def progress_callback(self, record):
-        inner = original_progress_callback(self, record)
-
-        def progress(step, percent, text):
-            # In the provisioning worker thread, the moment setup.sh's output is read.
-            emit("progress", id=record.id, step=step, text=str(text)[:160])
-            return inner(step, percent, text)
-
-        return progress
-
-    lm._progress_callback = progress_callback
-
-    original_poll_once = lm.poll_once
-
-    async def poll_once(self):
-        t0 = time.monotonic()
-        try:
-            return await original_poll_once(self)
-        finally:
-            emit("poll", t0=t0, aws_calls=self.aws_calls, records=len(self.records))
-
-    lm.poll_once = poll_once
+    def _forward_event(event):
+        if event.kind == "phase":
+            emit("phase", id=event.instance_id, phase=event.phase.value)
+        elif event.kind in ("log", "progress"):
+            emit(event.kind, id=event.instance_id, step=event.step, text=event.text)
+        elif event.kind == "poll":
+            emit("poll", t0=event.data["t0"], aws_calls=event.data["aws_calls"])
 
     # The event loop's lag: how late a 10 ms sleep wakes up (blocking code or GIL contention).
     original_start = app_module.EC2Launcher._start_jupyter_server_extension
@@ -255,6 +219,8 @@ def _instrument() -> None:
                     gc0 = _gc_pause[0]
 
         self._bench_lag_task = asyncio.ensure_future(lag_monitor())
+        # The manager's own event stream: phases, log lines, provisioning steps, polls.
+        self.manager.subscribe(_forward_event)
         emit("extension_started")
         return await original_start(self, serverapp)
 
