@@ -54,10 +54,11 @@ class LaunchManager(InstanceWatcher):
         20, min=1, help="Refuse a launch when this many instances are already running or starting."
     ).tag(config=True)
     connecting_min_seconds = Float(
-        1.0,
+        1.5,
         min=0.0,
-        help="""The shortest time the 'connecting' phase is shown, so that a client polling once a
-        second sees it during every bring-up (DESIGN.md §2).""",
+        help="""The shortest time the 'connecting' phase is shown (when the SSH connection itself
+        is quicker), longer than a second so that a client polling once a second sees it during
+        every bring-up (DESIGN.md §2).""",
     ).tag(config=True)
 
     def __init__(self, **kwargs: Any):

@@ -7,6 +7,8 @@ that starts a real ``jupyter server`` on the instance host, the forward and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
 import secrets
 import threading
@@ -121,6 +123,31 @@ async def _wait_phase(jp_fetch, instance_id, wanted, seen=None, timeout=READY_TI
         await asyncio.sleep(0.2)
 
 
+def _watch_once_a_second(jp_fetch, instance_id) -> asyncio.Task:
+    """A client that reads the instance once a second (fixed rate) and keeps every phase."""
+
+    async def watch(seen: list[str]) -> list[str]:
+        next_read = time.monotonic()
+        while True:
+            _, inst = await _json(jp_fetch, "instances", instance_id)
+            seen.append(inst["phase"])
+            next_read += 1.0
+            await asyncio.sleep(max(0.0, next_read - time.monotonic()))
+
+    seen: list[str] = []
+    task = asyncio.ensure_future(watch(seen))
+    task.seen = seen  # type: ignore[attr-defined]
+    return task
+
+
+async def _stop(task: asyncio.Task) -> list[str]:
+    """Stop a watcher; the phases it saw."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return task.seen  # type: ignore[attr-defined]
+
+
 def _running(cloud) -> list[str]:
     found = cloud.client().describe_instances(
         Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
@@ -148,9 +175,13 @@ async def test_launch_ready_open_stop_start_terminate(
     assert code == 202
     assert inst["phase"] == "launching" and inst["url"] is None
     instance_id = inst["id"]
-    # And it goes through the phases in order to ready
+    # And it goes through the phases in order to ready, connecting seen by a 1 Hz client too
     seen: list[str] = []
+    once_a_second = _watch_once_a_second(jp_fetch, instance_id)
     ready = await _wait_phase(jp_fetch, instance_id, {"ready"}, seen)
+    assert "connecting" in await _stop(once_a_second)
+    assert ready["actions"] == ["open", "reconnect", "stop", "terminate"]
+    assert ready["pending"] is False
     order = ["launching", "booting", "connecting", "provisioning", "starting", "ready"]
     assert [p for p in seen if p in order] == sorted(set(seen) & set(order), key=order.index)
     assert {"booting", "provisioning", "ready"} <= set(seen)
@@ -163,7 +194,7 @@ async def test_launch_ready_open_stop_start_terminate(
     assert "started" in json.loads(remote_status.body)
     # And the log tells the steps
     _, log = await _json(jp_fetch, "instances", instance_id, "log")
-    assert log["next"] == len(log["lines"]) > 3
+    assert len(log["lines"]) > 3 and log["next"] == log["lines"][-1]["seq"]
     _, later = await _json(jp_fetch, "instances", instance_id, "log", params={"after": log["next"]})
     assert later["lines"] == []
 
@@ -193,10 +224,13 @@ async def test_launch_ready_open_stop_start_terminate(
     await asyncio.to_thread(jp_ec2_hosts.wait_for_no_host, instance_id)
     assert jp_ec2_hosts.host_for(instance_id) is None
 
-    # When it is started again / Then it is ready on its new address
+    assert stopped["actions"] == ["start", "terminate"] and stopped["pending"] is False
+    # When it is started again / Then it is ready on its new address, connecting seen at 1 Hz
+    once_a_second = _watch_once_a_second(jp_fetch, instance_id)
     code, inst = await _json(jp_fetch, "instances", instance_id, "start", method="POST", body={})
     assert code == 202
     await _wait_phase(jp_fetch, instance_id, {"ready"})
+    assert "connecting" in await _stop(once_a_second)
     assert jp_ec2_hosts.addresses(instance_id) != address_before
     remote_status = await jp_fetch("jupyter-ec2", "remote", instance_id, "api", "status")
     assert remote_status.code == 200
@@ -301,13 +335,14 @@ async def test_idle_countdown_auto_stop_and_outside_stop(jp_fetch, jp_ec2_cloud,
     await _wait_phase(jp_fetch, inst["id"], {"ready"})
     # When nothing runs on it
     deadline = time.monotonic() + 30
-    message = ""
-    while "stops in" not in message and time.monotonic() < deadline:
+    idle = None
+    while (idle is None or idle["seconds_left"] is None) and time.monotonic() < deadline:
         _, ready = await _json(jp_fetch, "instances", inst["id"])
-        message = ready["message"]
+        idle = ready["idle"]
         await asyncio.sleep(0.2)
-    # Then the panel's message counts down to the idle auto-stop
-    assert "idle, stops in" in message
+    # Then the instance carries the countdown to the idle auto-stop as fields
+    assert idle is not None and idle["busy"] is False
+    assert 0 <= idle["seconds_left"] <= 15 and idle["stops_at"]
     # And the watchdog on the instance runs the (harmless) stop command when the time is up
     deadline = time.monotonic() + 40
     while not idle_marker.exists() and time.monotonic() < deadline:
@@ -371,3 +406,110 @@ async def test_unknown_instance_is_404(jp_fetch):
                 allow_nonstandard_methods=True,
             )
         assert caught.value.code == 404
+
+
+async def test_a_lagging_describe_never_marks_a_new_instance_terminated(
+    jp_fetch, jp_serverapp, jp_ec2_cloud
+):
+    # Given an EC2 that hides a new instance from DescribeInstances (and answers NotFound to a
+    # describe by id) for 20 s after RunInstances, as eventual consistency may
+    if not hasattr(jp_ec2_cloud, "set_lag"):
+        pytest.skip("the simulated cloud has no lag mode (jp_ec2_cloud.set_lag)")
+    jp_ec2_cloud.set_lag(20)
+    manager = jp_serverapp.web_app.settings["jupyter_ec2_manager"]
+    # When the cpu profile is launched
+    _, inst = await _json(jp_fetch, "instances", method="POST", body={"profile": "cpu"})
+    seen: list[str] = []
+    await _wait_phase(jp_fetch, inst["id"], {"ready"}, seen, timeout=READY_TIMEOUT + 20)
+    # Then it reached ready without ever being shown terminated, exactly one instance exists,
+    # and its pinned host key is kept
+    assert "terminated" not in seen
+    assert _running(jp_ec2_cloud) == [inst["id"]]
+    assert manager.store.pinned_host_key(inst["id"]) is not None
+    _, log = await _json(jp_fetch, "instances", inst["id"], "log")
+    assert any("eventually consistent" in line["text"] for line in log["lines"])
+    jp_ec2_cloud.set_lag(0)
+    await _json(jp_fetch, "instances", inst["id"], method="DELETE")
+    await _wait_phase(jp_fetch, inst["id"], {"terminated"})
+
+
+class _CallerAddress(http.server.ThreadingHTTPServer):
+    """A local stand-in for the "what is my public address" service; the test moves it."""
+
+    address = "203.0.113.10"
+
+    def __init__(self) -> None:
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = outer.address.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+class TestCallerAddressChange:
+    """After the caller's public address changes, Reconnect puts the new /32 in the SSH rule."""
+
+    @pytest.fixture
+    def caller(self):
+        service = _CallerAddress()
+        yield service
+        service.shutdown()
+        service.server_close()
+
+    @pytest.fixture
+    def jp_server_config(self, jp_server_config, caller):
+        jp_server_config["EC2Backend"]["ssh_cidrs"] = ["auto"]
+        jp_server_config["EC2Backend"]["caller_ip_url"] = caller.url
+        return jp_server_config
+
+    async def test_reconnect_refreshes_the_rule_without_a_stop(
+        self, jp_fetch, jp_ec2_cloud, caller
+    ):
+        # Given a ready instance launched from 203.0.113.10
+        _, inst = await _json(jp_fetch, "instances", method="POST", body={"profile": "cpu"})
+        await _wait_phase(jp_fetch, inst["id"], {"ready"})
+        assert _ssh_cidrs(jp_ec2_cloud, inst["id"]) == {"203.0.113.10/32"}
+        # When the caller's public address changes and the user reconnects
+        caller.address = "198.51.100.20"
+        code, body = await _json(
+            jp_fetch, "instances", inst["id"], "reconnect", method="POST", body={}
+        )
+        # Then the SSH rule holds the new address only, and the instance is ready again, never
+        # stopped
+        assert code == 202
+        assert _ssh_cidrs(jp_ec2_cloud, inst["id"]) == {"198.51.100.20/32"}
+        seen: list[str] = []
+        ready = await _wait_phase(jp_fetch, inst["id"], {"ready"}, seen)
+        assert "stopping" not in seen and ready["ec2_state"] == "running"
+        await _json(jp_fetch, "instances", inst["id"], method="DELETE")
+        await _wait_phase(jp_fetch, inst["id"], {"terminated"})
+
+
+def _ssh_cidrs(cloud, instance_id: str) -> set[str]:
+    """The CIDRs allowed on tcp/22 by the groups of an instance (read from moto directly)."""
+    ec2 = cloud.client()
+    desc = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    groups = [g["GroupId"] for g in desc["SecurityGroups"]]
+    found = ec2.describe_security_groups(GroupIds=groups)["SecurityGroups"]
+    return {
+        r["CidrIp"]
+        for g in found
+        for p in g["IpPermissions"]
+        if p.get("FromPort") == 22
+        for r in p.get("IpRanges", [])
+    }
