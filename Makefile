@@ -23,16 +23,16 @@ NO_NET := http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 HTTP_PROX
 LABEXT_SRC := $(shell find labextension/src labextension/style labextension/schema -type f 2>/dev/null) labextension/package.json labextension/tsconfig.json
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint install system-deps sim-image clean bench
+.PHONY: demo test test-fast lint install system-deps sim-image cloud-init-schema clean bench
 
 demo: install sim-image
 	$(PY) -m jupyter_ec2.testing.demo
 
-test: install sim-image lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install sim-image cloud-init-schema lint
+	JEC2_REQUIRE_CLOUD_INIT=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install sim-image
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: install sim-image cloud-init-schema
+	JEC2_REQUIRE_CLOUD_INIT=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check jupyter_ec2 tests bench
@@ -97,6 +97,25 @@ $(WHEELS)/.done: $(IMAGE_STAMP)
 	chmod -R a+rX $(SIM_DIR)
 	touch $@
 
+# cloud-init's own validator (`cloud-init schema`), from Debian's packages but NOT installed: an
+# installed cloud-init would make this machine look like an instance that never booted (its
+# `cloud-init status --wait` blocks). The packages are downloaded and unpacked into a cache the
+# project owns; tests run /usr/bin/python3 on the unpacked CLI with PYTHONPATH pointing there
+# (tests/test_userdata.py). The package list is the recipe: editing it rebuilds the cache.
+CLOUD_INIT_DIR := .cache/cloud-init
+CLOUD_INIT_PACKAGES := tests/cloud-init-packages.txt
+
+cloud-init-schema: $(CLOUD_INIT_DIR)/.done
+
+$(CLOUD_INIT_DIR)/.done: $(CLOUD_INIT_PACKAGES)
+	rm -rf $(CLOUD_INIT_DIR) && mkdir -p $(CLOUD_INIT_DIR)/debs
+	cd $(CLOUD_INIT_DIR)/debs && apt-get download -q $$(grep -v '^#' $(CURDIR)/$(CLOUD_INIT_PACKAGES)) 2>&1 | grep -v unsandboxed || true
+	for deb in $(CLOUD_INIT_DIR)/debs/*.deb; do dpkg-deb -x "$$deb" $(CLOUD_INIT_DIR)/root || exit 1; done
+	[ "$$(ls $(CLOUD_INIT_DIR)/debs/*.deb | wc -l)" = "$$(grep -cv '^#' $(CLOUD_INIT_PACKAGES))" ] || { echo "apt-get download missed a package of $(CLOUD_INIT_PACKAGES)"; exit 1; }
+	printf '#cloud-config\nssh_deletekeys: true\n' >$(CLOUD_INIT_DIR)/probe.yaml
+	PYTHONPATH=$(CLOUD_INIT_DIR)/root/usr/lib/python3/dist-packages /usr/bin/python3 $(CLOUD_INIT_DIR)/root/usr/bin/cloud-init schema --config-file $(CLOUD_INIT_DIR)/probe.yaml
+	touch $@
+
 clean:
 	rm -rf $(VENV) labextension/node_modules labextension/lib jupyter_ec2/labextension \
-	  labextension/tsconfig.tsbuildinfo tests/artifacts
+	  labextension/tsconfig.tsbuildinfo tests/artifacts .cache
