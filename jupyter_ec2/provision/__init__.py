@@ -369,9 +369,40 @@ class Provisioner(LoggingConfigurable):
         help="Shut down kernels idle for this many seconds on the remote server (0 = never).",
     ).tag(config=True)
 
-    log_tail_lines = Int(
-        40, help="How many output lines of a failed step its error keeps."
+    base_python = Unicode(
+        "python3",
+        help="The host's own interpreter (a name on the standard PATH, or an absolute path): "
+        "the pip kind makes its venv from it and the idle watchdog runs on it (3.7 or newer).",
     ).tag(config=True)
+
+    package_index_url = Unicode(
+        _params.DEFAULT_INDEX_URL,
+        help="The package index (simple API) the pip kind gets pip from when the host's python3 "
+        "has no ensurepip (stock Debian and Ubuntu images), so no apt is needed. Not used "
+        "with wheel_dir, which must then hold a pip wheel.",
+    ).tag(config=True)
+
+    cloud_init_timeout = Float(
+        900,
+        help="Seconds provisioning waits for a running cloud-init to finish (a host where "
+        "cloud-init never ran is not waited for); its reported problems go to the log.",
+    ).tag(config=True)
+
+    apt_timeout = Float(
+        600,
+        help="Seconds provisioning waits for apt's locks (apt's daily jobs hold them after a "
+        "first boot) when apt is the only way left; the lock holder is named on giving up.",
+    ).tag(config=True)
+
+    apt_root = Unicode(
+        "/",
+        help="Where apt keeps its state on the host (apt's Dir): '/' on a real instance; a "
+        "directory for chroots and tests, whose locks provisioning then waits on.",
+    ).tag(config=True)
+
+    log_tail_lines = Int(40, help="How many output lines of a failed step its error keeps.").tag(
+        config=True
+    )
 
     # -- defaults and validation ----------------------------------------------------------------
 
@@ -431,6 +462,23 @@ class Provisioner(LoggingConfigurable):
     def _check_cull(self, proposal: Any) -> float:
         return float(validate_seconds(proposal["value"], "kernel_cull_idle_seconds"))
 
+    @validate("base_python")
+    def _check_base_python(self, proposal: Any) -> str:
+        return _params.validate_program(proposal["value"], "base_python")
+
+    @validate("package_index_url")
+    def _check_index_url(self, proposal: Any) -> str:
+        return _params.validate_index_url(proposal["value"])
+
+    @validate("cloud_init_timeout", "apt_timeout")
+    def _check_wait(self, proposal: Any) -> float:
+        return float(validate_seconds(proposal["value"], proposal["trait"].name, minimum=1))
+
+    @validate("apt_root")
+    def _check_apt_root(self, proposal: Any) -> str:
+        value = proposal["value"]
+        return "/" if value == "/" else validate_abs_path(value, "apt_root")
+
     @validate("log_tail_lines")
     def _check_tail(self, proposal: Any) -> int:
         value = proposal["value"]
@@ -476,6 +524,11 @@ class Provisioner(LoggingConfigurable):
             kernel_cull_idle_seconds=self.kernel_cull_idle_seconds,
             ready_timeout=self.ready_timeout,
             fast=fast,
+            base_python=self.base_python,
+            index_url=self.package_index_url,
+            cloud_init_timeout=self.cloud_init_timeout,
+            apt_root=self.apt_root,
+            apt_timeout=self.apt_timeout,
         )
 
     def connect(
@@ -598,9 +651,7 @@ class Provisioner(LoggingConfigurable):
                     sftp.putfo(io.BytesIO(data), f"{stage}/{name}", confirm=True)
                     sftp.chmod(f"{stage}/{name}", 0o600)
             except _TRANSPORT_ERRORS as err:
-                raise ProvisionError(
-                    "upload", f"Could not upload the setup files: {err}"
-                ) from None
+                raise ProvisionError("upload", f"Could not upload the setup files: {err}") from None
             try:
                 return conn.run(command, on_line=output.feed, timeout=self.script_timeout)
             except SSHError as err:
