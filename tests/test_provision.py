@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -293,6 +294,9 @@ def make_provisioner(user: str, stop_command: str, **traits) -> Provisioner:
         idle_stop_command=stop_command,
         connect_timeout=20,
         ready_timeout=60,
+        # The module's hosts share one sshd whose key the fixtures pin: rotation has its own
+        # host and store (test_host_key_is_rotated_after_first_contact).
+        rotate_host_key=False,
     )
     values.update(traits)
     return Provisioner(**values)
@@ -1220,3 +1224,105 @@ def test_miniforge_checksum_mismatch_is_refused(tmp_path):
     assert bad.returncode != 0
     assert digest in bad.stdout + bad.stderr
     assert "refusing to run it" in bad.stdout + bad.stderr
+
+
+# -- host key rotation (issue 11) ------------------------------------------------------------------
+
+
+def test_host_key_is_rotated_after_first_contact(leftovers, client_key, tmp_path):
+    """Real: OpenSSH's sshd reading its HostKey file, the setup script making the new key with
+    ssh-keygen on the host and sending sshd SIGHUP (as `systemctl reload ssh` does), paramiko
+    and the state store on disk. The host's key file and pid file are those of a private sshd
+    (c.Provisioner.sshd_host_key_file / sshd_pid_file) instead of /etc/ssh and /run."""
+    from jupyter_ec2.store import StateStore
+
+    # Given an instance host with the handed-over key pinned in a state store
+    handed_over = generate_host_key()
+    host = SSHHost(tmp_path / "host", handed_over, [client_key.public_openssh])
+    host.start()
+    try:
+        instance_id, user = leftovers.new()
+        store = StateStore(tmp_path / "state")
+        store.pin_host_key(instance_id, host.host_public_key)
+        old_key = " ".join(host.host_public_key.split()[:2])
+        target = SSHTarget("127.0.0.1", old_key, client_key, port=host.port)
+        provisioner = make_provisioner(
+            user,
+            "touch /nonexistent-never-run",
+            idle_stop_minutes=0,
+            rotate_host_key=True,
+            sshd_host_key_file=str(host.host_key_path),
+            sshd_pid_file=str(host.pid_path),
+            store=store,
+        )
+
+        # When it is provisioned
+        result = provisioner.provision(target, instance_id, "/")
+
+        # Then a new key made on the host is pinned, and it is the one sshd now reads
+        new_key = store.pinned_host_key(instance_id)
+        assert new_key is not None and new_key != old_key
+        assert result.host_public_key == new_key
+        assert store.retired_host_key(instance_id) == old_key
+        assert store.pending_host_key(instance_id) is None
+        assert host.host_key_path.read_text() != handed_over
+        assert "host-key" in result.changed_steps
+        # And the handed-over key no longer authenticates the instance
+        with pytest.raises(HostKeyMismatchError):
+            connect(target, default_user="root", timeout=5)
+        with connect(
+            dataclasses.replace(target, host_public_key=new_key), default_user="root", timeout=10
+        ):
+            pass
+        # And after a local restart (a new store on the same directory) the pin is still there,
+        # and provisioning again connects with it and rotates nothing
+        again_store = StateStore(tmp_path / "state")
+        assert again_store.pinned_host_key(instance_id) == new_key
+        provisioner.store = again_store
+        again = provisioner.provision(target, instance_id, "/", token=result.token)
+        assert again.host_public_key == new_key
+        assert again.changed_steps == ()
+    finally:
+        host.stop()
+
+
+def test_rotation_cut_short_after_the_switch_is_finished_on_the_next_run(
+    leftovers, client_key, tmp_path
+):
+    """The crash window: the instance switched to the new key, the local side never heard it
+    worked. Real: sshd, the script, the store; the cut is a store left as the crash leaves it."""
+    from jupyter_ec2.store import StateStore
+
+    # Given a host that already answers with a new key pinned as coming, the old one still pinned
+    host = SSHHost(tmp_path / "host", generate_host_key(), [client_key.public_openssh])
+    old_key = " ".join(host.host_public_key.split()[:2])
+    coming = generate_host_key()
+    host.host_key_path.parent.mkdir(mode=0o700, parents=True)
+    host._key = serialization.load_ssh_private_key(coming.encode(), password=None)
+    host.start()
+    try:
+        instance_id, user = leftovers.new()
+        store = StateStore(tmp_path / "state")
+        store.pin_host_key(instance_id, old_key)
+        coming_key = " ".join(host.host_public_key.split()[:2])
+        store.begin_host_key_rotation(instance_id, old_key, coming_key)
+        provisioner = make_provisioner(
+            user,
+            "touch /nonexistent-never-run",
+            idle_stop_minutes=0,
+            rotate_host_key=True,
+            sshd_host_key_file=str(host.host_key_path),
+            sshd_pid_file=str(host.pid_path),
+            store=store,
+        )
+        target = SSHTarget("127.0.0.1", old_key, client_key, port=host.port)
+
+        # When provisioning runs
+        result = provisioner.provision(target, instance_id, "/")
+
+        # Then the coming key became the pin, and no second rotation was made
+        assert store.pinned_host_key(instance_id) == coming_key == result.host_public_key
+        assert store.retired_host_key(instance_id) == old_key
+        assert "host-key" not in result.changed_steps
+    finally:
+        host.stop()

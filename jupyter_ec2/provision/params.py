@@ -421,6 +421,9 @@ def build_params(
     cloud_init_timeout: float = 900,
     apt_root: str = "/",
     apt_timeout: float = 600,
+    rotate_host_key: bool = False,
+    sshd_host_key_file: str = "/etc/ssh/ssh_host_ed25519_key",
+    sshd_pid_file: str = "/run/sshd.pid",
 ) -> dict[str, Any]:
     """The parameter file of ``setup.sh``: every value validated, nothing to interpret.
 
@@ -470,6 +473,15 @@ def build_params(
         "base_python": validate_program(base_python, "base_python"),
         "index_url": validate_index_url(index_url),
         "cloud_init_timeout": validate_seconds(cloud_init_timeout, "cloud_init_timeout", minimum=1),
+        "host_key": {
+            "rotate": bool(rotate_host_key),
+            "key_file": validate_abs_path(
+                sshd_host_key_file.replace("{instance_id}", instance_id), "sshd_host_key_file"
+            ),
+            "sshd_pid_file": validate_abs_path(
+                sshd_pid_file.replace("{instance_id}", instance_id), "sshd_pid_file"
+            ),
+        },
         "apt": {
             "root": "/" if apt_root == "/" else validate_abs_path(apt_root, "apt_root"),
             "timeout": validate_seconds(apt_timeout, "apt_timeout", minimum=1),

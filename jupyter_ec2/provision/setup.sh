@@ -488,6 +488,50 @@ step_cloud_init() {
   step_done
 }
 
+# Host key rotation, after the first connection verified the handed-over key: a new key made
+# here, reported over this verified session, and used by sshd only once jupyter-ec2 answered
+# that it pinned it (so no crash loses the key that then authenticates the instance). The
+# handed-over key, readable through the metadata service, no longer authenticates this host.
+step_host_key() {
+  step host-key 8
+  if [[ ${P[host_key.rotate]} != true ]]; then
+    step_done
+    return
+  fi
+  local key_file=${P[host_key.key_file]} pid_file=${P[host_key.sshd_pid_file]}
+  local how="" pid unit public ack=""
+  # How sshd will re-read its keys, settled before anything changes.
+  if have_systemd; then
+    for unit in ssh sshd; do
+      if systemctl is-active --quiet -- "$unit.service"; then how=systemd:$unit; break; fi
+    done
+  fi
+  if [[ -z $how ]]; then
+    pid=$(trusted_pid "$pid_file") && alive "$pid" &&
+      [[ $(readlink "/proc/$pid/exe") == */sshd ]] ||
+      die "cannot rotate the host key: no ssh service runs and $pid_file names no running sshd (c.Provisioner.sshd_pid_file; or rotate_host_key = False)"
+    how=pid:$pid
+  fi
+  [[ -f $key_file && ! -L $key_file && $(stat -c %u -- "${key_file%/*}") == 0 ]] ||
+    die "cannot rotate the host key: $key_file is not sshd's host key file (c.Provisioner.sshd_host_key_file)"
+  command -v ssh-keygen >/dev/null || die "cannot rotate the host key: ssh-keygen is missing"
+  ssh-keygen -q -t ed25519 -N "" -C "jupyter-ec2-$ID" -f "$WORK/host_key" </dev/null >/dev/null
+  public=$(cut -d' ' -f1,2 <"$WORK/host_key.pub")
+  echo "made a new host key on this host: $public"
+  echo "::result host_key_next $public"
+  read -r -t 60 ack || true
+  [[ $ack == pinned ]] || die "jupyter-ec2 did not confirm that it pinned the new host key; nothing changed"
+  install_file "$WORK/host_key" "$key_file" 0600 0:0
+  install_file "$WORK/host_key.pub" "$key_file.pub" 0644 0:0
+  case $how in
+    systemd:*) systemctl reload -- "${how#systemd:}.service" ;;
+    pid:*) kill -HUP "${how#pid:}" ;;
+  esac
+  echo "sshd now answers with the new host key; the handed-over one no longer works"
+  echo "::result host_key $public"
+  step_done
+}
+
 step_user() {
   step user 10
   if ! getent passwd "$NB_USER" >/dev/null; then
@@ -980,6 +1024,8 @@ provision() {
     -exec rm -f -- '{}/params.json' \; 2>/dev/null || true
 
   step_cloud_init
+  step_host_key
+  exec </dev/null  # nothing after this reads the session's input
   step_user
   step_environment
   step_notebooks

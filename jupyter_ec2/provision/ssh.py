@@ -260,10 +260,12 @@ class SSHConnection:
         self,
         command: str,
         *,
-        on_line: Callable[[str], None] | None = None,
+        on_line: Callable[[str], str | None] | None = None,
         timeout: float | None = None,
     ) -> CommandResult:
         """Run ``command`` (stdout and stderr merged), calling ``on_line`` for each line.
+
+        A string ``on_line`` returns is written to the command's stdin (an answer to a line).
 
         ``command`` is a shell command line for the login shell: build it only from constants
         and :func:`shlex.quote`-d values.
@@ -280,7 +282,9 @@ class SSHConnection:
             text = raw.decode("utf-8", "replace").rstrip("\r")
             lines.append(text)
             if on_line is not None:
-                on_line(text)
+                reply = on_line(text)
+                if isinstance(reply, str):
+                    channel.sendall(reply.encode())  # the command's stdin
 
         try:
             channel.set_combine_stderr(True)
