@@ -62,6 +62,7 @@ from jupyter_ec2.testing.hosts import (
     generate_host_key,
     processes_with_marker,
 )
+from jupyter_ec2.tunnel import TunnelManager
 
 IMAGE_PYTHON = Path("/opt/jupyter-ec2-sim/image-python/bin/python")
 WHEELS = Path("/opt/jupyter-ec2-sim/wheels")
@@ -1282,6 +1283,15 @@ def test_host_key_is_rotated_after_first_contact(leftovers, client_key, tmp_path
         again = provisioner.provision(target, instance_id, "/", token=result.token)
         assert again.host_public_key == new_key
         assert again.changed_steps == ()
+        # And a forward opened with the launch-time target writes the rotated key into its
+        # known_hosts (the store's pin), so it comes up and carries the remote server
+        tunnels = TunnelManager(store=again_store, default_user="root", runtime_dir="")
+        try:
+            forward = tunnels.open(instance_id, target, again.port)
+            url = f"http://127.0.0.1:{forward.local_port}{again.base_url}api/status"
+            assert http_get(url, again.token)[0] == 200
+        finally:
+            tunnels.close_all()
     finally:
         host.stop()
 
