@@ -113,7 +113,7 @@ $(CLOUD_INIT_DIR)/.done: $(CLOUD_INIT_PACKAGES)
 	rm -rf $(CLOUD_INIT_DIR) && mkdir -p $(CLOUD_INIT_DIR)/debs
 	cd $(CLOUD_INIT_DIR)/debs && apt-get download -q $$(grep -v '^#' $(CURDIR)/$(CLOUD_INIT_PACKAGES)) 2>&1 | grep -v unsandboxed || true
 	for deb in $(CLOUD_INIT_DIR)/debs/*.deb; do dpkg-deb -x "$$deb" $(CLOUD_INIT_DIR)/root || exit 1; done
-	[ "$$(ls $(CLOUD_INIT_DIR)/debs/*.deb | wc -l)" = "$$(grep -cv '^#' $(CLOUD_INIT_PACKAGES))" ] || { echo "apt-get download missed a package of $(CLOUD_INIT_PACKAGES)"; exit 1; }
+	[ "$$(ls $(CLOUD_INIT_DIR)/debs/*.deb | wc -l)" = "$$(grep -cv '^#' $(CLOUD_INIT_PACKAGES))" ] || { echo "apt-get download missed a package of $(CLOUD_INIT_PACKAGES): run apt-get update once"; exit 1; }
 	printf '#cloud-config\nssh_deletekeys: true\n' >$(CLOUD_INIT_DIR)/probe.yaml
 	PYTHONPATH=$(CLOUD_INIT_DIR)/root/usr/lib/python3/dist-packages /usr/bin/python3 $(CLOUD_INIT_DIR)/root/usr/bin/cloud-init schema --config-file $(CLOUD_INIT_DIR)/probe.yaml
 	touch $@
