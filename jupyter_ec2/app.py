@@ -137,8 +137,8 @@ class EC2Launcher(ExtensionApp):
 
         self.store = StateStore(self.state_dir)
         self.backend = self.backend_class(parent=self, store=self.store)
-        self.provisioner = self.provisioner_class(parent=self)
-        self.tunnels = self.tunnel_class(parent=self)
+        self.provisioner = self.provisioner_class(parent=self, store=self.store)
+        self.tunnels = self.tunnel_class(parent=self, store=self.store)
         # One login user for provisioning and forwards (an ssh_config User still wins for both),
         # unless c.TunnelManager.default_user is set: then that is what the forwards use.
         if "default_user" not in self.config.get("TunnelManager", {}):
