@@ -29,6 +29,7 @@ from traitlets.config import LoggingConfigurable
 
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .models import LaunchRequest, Phase, Profile, ProfileSet
+from .origin import remote_url
 from .pricing import PriceCatalog
 from .provision.params import remote_base_url
 
@@ -247,7 +248,9 @@ class LaunchManager(LoggingConfigurable):
         url = None
         if record.phase == Phase.READY and record.local_port is not None:
             if self.open_mode == "proxy":
-                url = url_path_join(self.remote_base_url(record.id), "lab")
+                url = remote_url(
+                    record.id, self.base_url, getattr(self.parent, "instance_origins", None)
+                )
             else:
                 url = (
                     f"http://127.0.0.1:{record.local_port}"
