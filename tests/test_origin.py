@@ -7,6 +7,7 @@ origin's ``Host`` header, as a browser sends them once it has resolved ``*.local
 loopback.
 """
 
+# ruff: noqa: F811 - fixtures imported from test_proxy are arguments here
 from __future__ import annotations
 
 import json
@@ -16,10 +17,15 @@ from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
 import pytest
-from test_proxy import ECHO_ID, LOCAL_BASE_URL, fetch, login_cookie
-from test_proxy import endpoints as endpoints_fixture  # noqa: F401 - the fixture, by its name
-from test_proxy import jp_base_url as jp_base_url_fixture  # noqa: F401
-from test_proxy import recorder as recorder_fixture  # noqa: F401
+from test_proxy import (  # noqa: F401 - endpoints, jp_base_url and recorder are fixtures
+    ECHO_ID,
+    LOCAL_BASE_URL,
+    endpoints,
+    fetch,
+    jp_base_url,
+    login_cookie,
+    recorder,
+)
 
 from jupyter_ec2.origin import (
     HANDOFF_SECONDS,
