@@ -45,7 +45,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -53,7 +53,7 @@ from urllib.parse import unquote, unquote_plus, urljoin, urlsplit, urlunsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
-from tornado import httputil, iostream, web, websocket
+from tornado import httpclient, httputil, iostream, web, websocket
 from tornado.http1connection import (
     HTTP1Connection,
     HTTP1ConnectionParameters,
@@ -520,6 +520,38 @@ class _Timeout(Exception):
     """The remote took longer than a :class:`ProxyLimits` timeout."""
 
 
+class _RelayClientProtocol(websocket.WebSocketProtocol13):
+    """Tornado's client protocol, noting when it closes because a message is too big."""
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if code == 1009:
+            self.handler.too_big = True  # type: ignore[attr-defined]
+        super().close(code, reason)
+
+
+class _RelayClient(websocket.WebSocketClientConnection):
+    """The upstream websocket: tells a message over the cap from a dropped connection."""
+
+    too_big = False
+
+    def get_websocket_protocol(self) -> websocket.WebSocketProtocol:
+        return _RelayClientProtocol(self, mask_outgoing=True, params=self.params)
+
+
+def _connect_upstream_ws(
+    request: HTTPRequest, max_message_size: int, subprotocols: list[str] | None
+) -> Awaitable[_RelayClient]:
+    """``tornado.websocket.websocket_connect`` with :class:`_RelayClient`."""
+    request.headers = httputil.HTTPHeaders(request.headers)
+    proxied = httpclient._RequestProxy(request, HTTPRequest._DEFAULTS)  # noqa: SLF001
+    conn = _RelayClient(
+        proxied,  # type: ignore[arg-type]
+        max_message_size=max_message_size,
+        subprotocols=subprotocols,
+    )
+    return conn.connect_future  # type: ignore[return-value]
+
+
 class RelayHandler(websocket.WebSocketHandler):
     """The relay to one instance's remote server, HTTP and websockets, without authentication.
 
@@ -743,7 +775,7 @@ class RelayHandler(websocket.WebSocketHandler):
             timed_out.append(f"The remote notebook server {what} within {limit:g} s.")
             upstream.stream.close()
 
-        timer = loop.call_later(limits.first_byte_timeout, watchdog)
+        timer = loop.call_later(min(limits.first_byte_timeout, limits.idle_timeout), watchdog)
         try:
             await connection.write_headers(start_line, headers, body or None)
             connection.finish()
@@ -809,11 +841,8 @@ class RelayHandler(websocket.WebSocketHandler):
             validate_cert=False,
         )
         try:
-            # One window more than the cap, so the relay (not tornado) decides and says so.
-            self._upstream_ws = await websocket.websocket_connect(
-                request,
-                max_message_size=limits.ws_max_pending + _WS_WINDOW,
-                subprotocols=requested or None,
+            self._upstream_ws = await _connect_upstream_ws(
+                request, limits.ws_max_pending, requested or None
             )
         except Exception as error:  # noqa: BLE001 - refused, reset, timed out or an HTTP status
             code = getattr(error, "code", None)
@@ -836,16 +865,13 @@ class RelayHandler(websocket.WebSocketHandler):
         """The browser's websocket is open: start relaying what the remote sends."""
         self._ws_pump = asyncio.ensure_future(self._pump_from_remote())
 
-    def _overflow(self, side: str, size: int) -> None:
-        """A message bigger than the cap: close both ends with 1009, in one log line."""
-        cap = proxy_limits(self.settings).ws_max_pending
+    def _overflow(self) -> None:
+        """A message from the remote over the cap: close both ends with 1009, in one log line."""
         self.proxy_log.warning(
-            "jupyter-ec2 proxy: closed the websocket of %s: a %d-byte message from the %s "
-            "exceeds the relay's cap of %d bytes (ProxyLimits.ws_max_pending).",
+            "jupyter-ec2 proxy: closed the websocket of %s: a message from the remote exceeds "
+            "the relay's cap of %d bytes (ProxyLimits.ws_max_pending).",
             self._instance_id,
-            size,
-            side,
-            cap,
+            proxy_limits(self.settings).ws_max_pending,
         )
         upstream, self._upstream_ws = self._upstream_ws, None
         if upstream is not None:
@@ -862,14 +888,14 @@ class RelayHandler(websocket.WebSocketHandler):
             if upstream is None:
                 return
             message = await upstream.read_message()
+            if message is None and getattr(upstream, "too_big", False):
+                self._overflow()
+                return
             if message is None:
                 code, reason = upstream.close_code, upstream.close_reason
                 self.close(code if code not in (None, 1005, 1006) else 1011, reason)
                 return
             if self.ws_connection is None or self.ws_connection.is_closing():
-                return
-            if len(message) > limits.ws_max_pending:
-                self._overflow("remote", len(message))
                 return
             self._record_activity()
             try:
