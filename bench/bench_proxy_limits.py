@@ -86,7 +86,8 @@ class _Flood(websocket.WebSocketHandler):
         piece = b"x" * 65536
         try:
             while self.ws_connection is not None:
-                await self.write_message(piece, binary=True)
+                # Shielded: the write future must not be cancelled with this task at exit.
+                await asyncio.shield(self.write_message(piece, binary=True))
                 self.stats["sent"] += len(piece)
         except websocket.WebSocketClosedError:
             pass
