@@ -265,6 +265,8 @@ def main() -> None:
         [sys.executable, __file__, "--far-end"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        # A flood cut off at exit leaves a cancelled write behind: noise, not a figure.
+        stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
