@@ -13,7 +13,7 @@ token itself, so the browser never sees it. Against a naive proxy:
    (the remote's login and ``_xsrf`` cookies would clash with the local ones);
 4. a local ``?token=`` is removed from the forwarded query (the remote prefers it to the header);
 5. the raw request path is forwarded (file names with ``#`` or ``?`` stay encoded);
-6. websocket messages up to :data:`DEFAULT_WS_MAX_MESSAGE_SIZE` pass (tornado's limit is 10 MiB);
+6. websocket messages up to :data:`DEFAULT_WS_MAX_PENDING` pass (tornado's limit is 10 MiB);
 7. responses are streamed with back-pressure (flat memory for a 1 GB download), over upstream
    connections kept alive in a small pool (no new SSH channel per request);
 8. the upstream ``Host`` and ``Origin`` are the forward's own; ``Referer`` is never forwarded
