@@ -11,7 +11,7 @@ import os
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Dict, Enum, Type, Unicode, default, validate
+from traitlets import Dict, Enum, Float, Int, Type, Unicode, default, validate
 
 from ._version import __version__
 from .handlers import (
@@ -22,7 +22,21 @@ from .handlers import (
     ProfilesHandler,
 )
 from .models import INSTANCE_ID_PATTERN, ProfileSet, load_profiles
-from .proxy import RemoteEndpoint, close_upstream_pool, remote_handlers
+from .origin import (
+    InstanceOrigins,
+    install_instance_origins,
+    is_loopback,
+    local_origin_handlers,
+    resolve_mode,
+    running_under_jupyterhub,
+)
+from .proxy import (
+    LIMITS_SETTING,
+    ProxyLimits,
+    RemoteEndpoint,
+    close_upstream_pool,
+    remote_handlers,
+)
 
 API_PREFIX = "jupyter-ec2/api"
 
@@ -47,6 +61,8 @@ class EC2Launcher(ExtensionApp):
         ),
         # The remote notebooks, HTTP and websockets, through the forwards.
         *[route[:2] for route in remote_handlers("/")],
+        # The handoff from the local session to an instance's own origin.
+        *[route[:2] for route in local_origin_handlers("/")],
     ]
 
     backend_class = Type(
@@ -92,6 +108,70 @@ class EC2Launcher(ExtensionApp):
         {base_url}jupyter-ec2/remote/{id}/ (works behind JupyterHub or on a remote box).
         'direct': the forwarded 127.0.0.1 port with the token, for a browser on this machine.""",
     ).tag(config=True)
+
+    # -- the remote notebook's origin and the proxy's bounds (issue #18) ------------------------
+
+    remote_origin = Enum(
+        ["auto", "separate", "same"],
+        default_value="auto",
+        help="""Where a remote notebook is served in 'proxy' mode. 'separate': each instance on
+        an origin of its own, http://<instance-id>.localhost:<port>/ on this server, reached
+        through a one-time handoff from your local session; a page the instance serves can then
+        neither read this server's cookies nor act with your session. 'same': at
+        {base_url}jupyter-ec2/remote/{id}/ on this server's origin, where code the instance
+        serves runs with your local session (use it only where no second origin reaches the
+        server, e.g. a single-domain JupyterHub; see docs/security.md). 'auto' (default):
+        'separate' when this server listens on a loopback address and is not a JupyterHub
+        single-user server, else 'same'.""",
+    ).tag(config=True)
+
+    proxy_connect_timeout = Float(
+        10.0,
+        min=0.1,
+        help="Seconds the proxy waits to open a connection through a forward (then 504).",
+    ).tag(config=True)
+    proxy_first_byte_timeout = Float(
+        300.0,
+        min=0.1,
+        help="""Seconds the proxy waits for the remote server to start answering a request
+        (then 504), and for its websocket handshake.""",
+    ).tag(config=True)
+    proxy_idle_timeout = Float(
+        300.0,
+        min=0.1,
+        help="""Seconds a response body, or a browser that reads nothing of a websocket, may
+        stall before the proxy ends the connection.""",
+    ).tag(config=True)
+    proxy_websocket_max_pending = Int(
+        64 * 1024 * 1024,
+        min=1024 * 1024,
+        help="""Bytes of websocket messages the proxy holds for one side at a time. A larger
+        message closes the websocket with code 1009 (one log line); smaller ones are relayed
+        with back-pressure, so memory stays bounded whatever the remote sends.""",
+    ).tag(config=True)
+
+    instance_origins: InstanceOrigins
+
+    def build_instance_origins(self) -> InstanceOrigins:
+        """The resolved ``remote_origin`` mode, bound to this server's port and base_url."""
+        serverapp = self.serverapp
+        ip = getattr(serverapp, "ip", "localhost") if serverapp else "localhost"
+        mode = resolve_mode(
+            self.remote_origin,
+            ip,
+            jupyterhub=running_under_jupyterhub(),
+            sock=getattr(serverapp, "sock", "") if serverapp else "",
+        )
+        tls = bool(serverapp and getattr(serverapp, "certfile", None))
+        return InstanceOrigins(
+            mode,
+            port=lambda: int(getattr(self.serverapp, "port", 8888) or 8888),
+            base_url=serverapp.base_url if serverapp else "/",
+            scheme="https" if tls else "http",
+            local_host=ip if is_loopback(ip) else "localhost",
+        )
+
+    # -- end of issue #18's traits --------------------------------------------------------------
 
     on_failure = Enum(
         ["stop", "terminate", "keep"],
@@ -164,12 +244,25 @@ class EC2Launcher(ExtensionApp):
             local_port, token, state = found
             return RemoteEndpoint(local_port=local_port, token=token, state=state)
 
+        self.instance_origins = self.build_instance_origins()
         self.settings.update(
             {
+                LIMITS_SETTING: ProxyLimits(
+                    connect_timeout=self.proxy_connect_timeout,
+                    first_byte_timeout=self.proxy_first_byte_timeout,
+                    idle_timeout=self.proxy_idle_timeout,
+                    ws_max_pending=self.proxy_websocket_max_pending,
+                ),
                 "jupyter_ec2_profiles": self.profile_set,
                 "jupyter_ec2_manager": self.manager,
                 "jupyter_ec2_remote_lookup": remote_lookup,
             }
+        )
+        self.log.info(
+            "jupyter-ec2: remote notebooks are served %s.",
+            "each on its own origin (http://<instance-id>.localhost:<port>/)"
+            if self.instance_origins.mode == "separate"
+            else "on this server's origin (remote_origin = 'same', see docs/security.md)",
         )
         self.log.info(
             "jupyter-ec2 %s: %d launch profile(s): %s",
@@ -179,8 +272,10 @@ class EC2Launcher(ExtensionApp):
         )
 
     def initialize_handlers(self) -> None:
-        """Register the REST routes."""
+        """Register the REST routes, and the instance origins ahead of every local route."""
         self.handlers.extend(self.routes)
+        if self.serverapp is not None:
+            install_instance_origins(self.serverapp.web_app, self.instance_origins)
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
         """Once the event loop runs: re-discover instances and start the poller."""

@@ -26,6 +26,7 @@ from traitlets import Enum, Float, Instance, Integer
 from . import lifecycle as lc
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .models import LaunchRequest, Phase, Profile, ProfileSet, validate_instance_id
+from .origin import remote_url as origin_url
 from .provision.params import remote_base_url
 from .reconcile import CLOSED, InstanceRecord, InstanceWatcher, StepError, _now
 
@@ -141,9 +142,10 @@ class LaunchManager(InstanceWatcher):
         """What "Open" opens (the API's ``url``): the one place it is computed."""
         if record.phase != Phase.READY or record.local_port is None:
             return None
-        lab = url_path_join(self.remote_base_url(record.id), "lab")
         if self.open_mode == "proxy":
-            return lab
+            origins = getattr(self.parent, "instance_origins", None)
+            return origin_url(record.id, self.base_url, origins)
+        lab = url_path_join(self.remote_base_url(record.id), "lab")
         return f"http://127.0.0.1:{record.local_port}{lab}?token={record.token}"
 
     def state_of(self, record: InstanceRecord) -> lc.State:

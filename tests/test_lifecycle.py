@@ -165,7 +165,7 @@ def _forward_threads() -> set[threading.Thread]:
 
 
 async def test_launch_ready_open_stop_start_terminate(
-    jp_fetch, jp_ec2_cloud, jp_ec2_hosts, jp_base_url
+    jp_fetch, jp_ec2_cloud, jp_ec2_hosts, jp_base_url, jp_http_port
 ):
     # Given a server with the extension on the simulated cloud and no instance
     threads_before = _forward_threads()
@@ -187,7 +187,11 @@ async def test_launch_ready_open_stop_start_terminate(
     assert {"booting", "provisioning", "ready"} <= set(seen)
     assert ready["progress"] == 100
     assert ready["tunnel"]["state"] == "up"
-    assert ready["url"] == f"{jp_base_url}jupyter-ec2/remote/{instance_id}/lab"
+    # (a loopback server: "auto" serves the notebook on an origin of its own, issue #18)
+    assert ready["url"] == (
+        f"http://{instance_id}.localhost:{jp_http_port}{jp_base_url}"
+        f"jupyter-ec2/remote/{instance_id}/lab"
+    )
     # And the url serves the remote notebook through the proxy, with only local credentials
     remote_status = await jp_fetch("jupyter-ec2", "remote", instance_id, "api", "status")
     assert remote_status.code == 200

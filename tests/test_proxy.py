@@ -9,13 +9,16 @@ the test controls, so nothing here depends on the extension's manager.
 from __future__ import annotations
 
 import asyncio
+import functools
+import gzip
 import json
+import logging
 import os
 import random
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
 
 import pytest
@@ -34,7 +37,9 @@ from tornado.testing import bind_unused_port
 
 from jupyter_ec2.keys import generate_ed25519
 from jupyter_ec2.proxy import (
+    LIMITS_SETTING,
     LOOKUP_SETTING,
+    ProxyLimits,
     RemoteEndpoint,
     _TokenScrubber,
     close_upstream_pool,
@@ -131,6 +136,9 @@ class _Record(web.RequestHandler):
         request = self.request
         self.log.append(request)
         path = request.path.rsplit("/", 1)[-1]
+        if path in _SPECIAL:
+            _SPECIAL[path](self)
+            return
         if path == "page.html":
             self.set_header("Content-Type", "text/html; charset=UTF-8")
             self.set_header("X-Remote", f"token={REMOTE_TOKEN}")
@@ -164,6 +172,47 @@ class _Record(web.RequestHandler):
     def head(self, *args) -> None:
         self.log.append(self.request)
         self.set_header("Content-Length", "5")
+
+
+def _gzip_bomb(handler: web.RequestHandler) -> None:
+    # Small enough to build fast here (bench/bench_proxy_limits.py sends the 1 MB one).
+    handler.set_header("Content-Type", "text/html")
+    handler.set_header("Content-Encoding", "gzip")
+    handler.write(_bomb_bytes(64 * 1024 * 1024))
+
+
+@functools.cache
+def _bomb_bytes(size: int) -> bytes:
+    return gzip.compress(b"\0" * size, compresslevel=9)
+
+
+def _cors(handler: web.RequestHandler) -> None:
+    handler.set_header("Access-Control-Allow-Origin", "*")
+    handler.set_header("Access-Control-Allow-Credentials", "true")
+    handler.set_header("Access-Control-Expose-Headers", "X-Anything")
+    handler.write("cors")
+
+
+def _redirect(where: str) -> Callable[[web.RequestHandler], None]:
+    def answer(handler: web.RequestHandler) -> None:
+        target = where.replace("{host}", handler.request.host)
+        handler.redirect(target)
+
+    return answer
+
+
+_SPECIAL: dict[str, Callable[[web.RequestHandler], None]] = {
+    "bomb.html": _gzip_bomb,
+    "cors": _cors,
+    "redirect-out": _redirect("http://evil.example/steal"),
+    "redirect-local": _redirect(f"{LOCAL_BASE_URL}api/contents"),
+    "redirect-dots": _redirect(f"{LOCAL_BASE_URL}jupyter-ec2/remote/{ECHO_ID}/../../../api"),
+    "redirect-slashes": _redirect("/\\evil.example/"),
+    "redirect-relative": _redirect("lab/tree"),
+    "redirect-absolute": _redirect(
+        f"http://{{host}}{LOCAL_BASE_URL}jupyter-ec2/remote/{ECHO_ID}/lab?x=1"
+    ),
+}
 
 
 class _CountingServer(httpserver.HTTPServer):
@@ -210,6 +259,7 @@ async def test_forwarded_request_is_cleaned(recorder, local_url, jp_serverapp):
         "Cookie": "_xsrf=abc; username-localhost-8888=secret",
         "X-XSRFToken": "abc",
         "Origin": "http://evil.example",
+        "Referer": f"http://127.0.0.1:1{LOCAL_BASE_URL}lab?token={token}",
         "Accept-Encoding": "gzip",
         "X-Custom": "kept",
     }
@@ -229,6 +279,8 @@ async def test_forwarded_request_is_cleaned(recorder, local_url, jp_serverapp):
     assert forwarded["x-custom"] == "kept"
     assert "cookie" not in forwarded
     assert "x-xsrftoken" not in forwarded
+    assert "referer" not in forwarded
+    assert token not in json.dumps(seen)
 
 
 def recorder_port(recorder) -> int:
@@ -642,3 +694,286 @@ async def test_forward_reconnecting_answers_503_then_recovers(
     assert forward.wait_for(TunnelState.UP, 30)
     response = await fetch(local_url(INSTANCE_ID, "api/status"), headers=jp_auth_header)
     assert response.code == 200
+
+
+# -- bounds: what a hostile or merely chatty remote cannot do -----------------------------------
+
+
+def _limits(app_settings: dict, **changes) -> ProxyLimits:
+    limits = ProxyLimits(**changes)
+    app_settings[LIMITS_SETTING] = limits
+    return limits
+
+
+async def test_compressed_html_is_refused_not_inflated(
+    recorder, local_url, jp_auth_header, proxy_server
+):
+    # Given a remote that answers HTML with gzip although identity was asked (64 MiB inflated)
+    # When the browser loads it through the proxy
+    response = await fetch(local_url(ECHO_ID, "bomb.html"), headers=jp_auth_header)
+    # Then it is refused with a message, nothing of it is passed on
+    assert response.code == 502
+    assert "compressed HTML" in json.loads(response.body)["message"]
+    # And the server still answers at once
+    status = await fetch(local_url(ECHO_ID, "api/status"), headers=jp_auth_header)
+    assert status.code == 200
+
+
+async def test_remote_cors_headers_are_dropped(recorder, local_url, jp_auth_header):
+    # Given a remote that tries to open itself to every origin / When relayed
+    response = await fetch(local_url(ECHO_ID, "cors"), headers=jp_auth_header)
+    # Then no CORS header reaches the browser
+    assert response.code == 200 and response.body == b"cors"
+    assert "access-control" not in all_header_text(response).lower()
+
+
+@pytest.mark.parametrize(
+    "path", ["redirect-out", "redirect-local", "redirect-dots", "redirect-slashes"]
+)
+async def test_location_outside_the_instance_is_refused(recorder, local_url, jp_auth_header, path):
+    # Given a remote redirecting outside its own path / When relayed / Then refused (502)
+    response = await fetch(local_url(ECHO_ID, path), headers=jp_auth_header)
+    assert response.code == 502, response.headers.get("Location")
+    assert "Location" not in response.headers
+
+
+async def test_location_inside_the_instance_is_rewritten(recorder, local_url, jp_auth_header):
+    # Given remote redirects, relative and absolute to the forward's own address
+    prefix = f"{LOCAL_BASE_URL}jupyter-ec2/remote/{ECHO_ID}/"
+    relative = await fetch(local_url(ECHO_ID, "redirect-relative"), headers=jp_auth_header)
+    absolute = await fetch(local_url(ECHO_ID, "redirect-absolute"), headers=jp_auth_header)
+    # Then both become paths on the browser's origin, inside the instance
+    assert relative.code == 302 and relative.headers["Location"] == prefix + "lab/tree"
+    assert absolute.code == 302 and absolute.headers["Location"] == prefix + "lab?x=1"
+
+
+async def test_local_token_never_reaches_a_log_line(
+    proxy_server, endpoints, local_url, jp_serverapp, caplog
+):
+    # Given requests authenticated with ?token= that the proxy answers 404 and 503
+    caplog.set_level(logging.DEBUG)
+    token = jp_serverapp.identity_provider.token
+    endpoints[ECHO_ID] = RemoteEndpoint(local_port=1, token="t", state="reconnecting")
+    missing = await fetch(local_url("i-0000000000000dead", f"lab?token={token}"))
+    down = await fetch(local_url(ECHO_ID, f"api/status?token={token}&x=1"))
+    # Then the answers are as before, and no log line holds the token
+    assert (missing.code, down.code) == (404, 503)
+    assert "i-0000000000000dead" in caplog.text
+    assert token not in caplog.text
+
+
+class _RawFarEnd:
+    """A TCP far end written byte by byte: it can stay silent, stall or overrun its framing."""
+
+    def __init__(self, behaviour: str):
+        self.behaviour = behaviour
+        self.open = 0
+        self.accepted = 0
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.accepted += 1
+        number = self.accepted
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head:
+                    break
+                if self.behaviour == "silent":
+                    await reader.read()  # until the proxy closes
+                    break
+                if self.behaviour == "stall":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+                    await writer.drain()
+                    await reader.read()
+                    break
+                # "overrun": five bytes announced, a whole second response behind them
+                body = f"conn{number}".encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                    + b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+def raw_far_end(jp_asyncio_loop, endpoints):
+    """``start(behaviour)`` → a :class:`_RawFarEnd` registered as ``ECHO_ID``."""
+    started: list[_RawFarEnd] = []
+
+    async def start(behaviour: str) -> _RawFarEnd:
+        far = _RawFarEnd(behaviour)
+        port = await far.start()
+        endpoints[ECHO_ID] = RemoteEndpoint(local_port=port, token=REMOTE_TOKEN)
+        started.append(far)
+        return far
+
+    yield start
+    for far in started:
+        jp_asyncio_loop.run_until_complete(far.stop())
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def test_a_silent_remote_gets_a_504_and_leaves_nothing_open(
+    proxy_server, raw_far_end, local_url, jp_auth_header
+):
+    # Given a remote that accepts connections and never answers, and a 1 s first-byte timeout
+    far = await raw_far_end("silent")
+    _limits(proxy_server.web_app.settings, first_byte_timeout=1.0)
+    # When the browser asks for a page
+    response = await fetch(local_url(ECHO_ID, "lab"), headers=jp_auth_header)
+    # Then it gets a 504 saying so, and the upstream connection is closed
+    assert response.code == 504
+    assert "did not answer within 1 s" in json.loads(response.body)["message"]
+    assert await _until(lambda: far.open == 0), far.open
+
+
+async def test_a_remote_that_stalls_mid_body_is_cut_off(
+    proxy_server, raw_far_end, local_url, jp_auth_header
+):
+    # Given a remote that sends headers and part of the body, then nothing, and a 1 s idle limit
+    far = await raw_far_end("stall")
+    _limits(proxy_server.web_app.settings, idle_timeout=1.0)
+    # When the browser downloads it
+    # Then the response ends, incomplete, instead of hanging, and upstream is closed
+    with pytest.raises(httpclient.HTTPClientError) as cut:
+        await fetch(local_url(ECHO_ID, "big"), headers=jp_auth_header, request_timeout=60)
+    assert cut.value.code == 599 and "closed" in str(cut.value).lower()
+    assert await _until(lambda: far.open == 0), far.open
+
+
+async def test_a_browser_that_leaves_closes_the_upstream(
+    proxy_server, raw_far_end, local_url, jp_http_port, jp_auth_header
+):
+    # Given a silent remote and a browser that sends a request, then goes away
+    far = await raw_far_end("silent")
+    _limits(proxy_server.web_app.settings, first_byte_timeout=300.0)
+    path = local_url(ECHO_ID, "lab").split(str(jp_http_port), 1)[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
+    auth = jp_auth_header["Authorization"]
+    host = f"127.0.0.1:{jp_http_port}"
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\n\r\n".encode())
+    await writer.drain()
+    assert await _until(lambda: far.open == 1)
+    # When the browser closes its connection
+    writer.close()
+    # Then the proxy closes the upstream one long before any timeout
+    assert await _until(lambda: far.open == 0), far.open
+
+
+async def test_bytes_past_the_framing_never_become_the_next_answer(
+    proxy_server, raw_far_end, local_url, jp_auth_header
+):
+    # Given a remote whose answers carry a second, unasked-for response behind their body
+    far = await raw_far_end("overrun")
+    # When two requests follow each other
+    first = await fetch(local_url(ECHO_ID, "a"), headers=jp_auth_header)
+    second = await fetch(local_url(ECHO_ID, "b"), headers=jp_auth_header)
+    # Then each gets its own answer: the connection out of step was not reused
+    assert first.body == b"conn1"
+    assert second.body == b"conn2"
+    assert far.accepted == 2
+
+
+class _Flood(websocket.WebSocketHandler):
+    """A remote websocket that floods its client, or sends one message of a given size."""
+
+    def initialize(self, stats: dict) -> None:
+        self.stats = stats
+
+    def check_origin(self, origin: str) -> bool:
+        return True
+
+    async def open(self, *args) -> None:
+        size = int(self.get_argument("one", "0"))
+        if size:
+            await self.write_message(b"x" * size, binary=True)
+            return
+        piece = b"x" * 65536
+        try:
+            while self.ws_connection is not None and self.stats["sent"] < 1 << 30:
+                await self.write_message(piece, binary=True)
+                self.stats["sent"] += len(piece)
+        except websocket.WebSocketClosedError:
+            pass
+
+
+@pytest.fixture
+def flood(jp_asyncio_loop, endpoints):
+    """A flooding websocket far end registered as ``ECHO_ID``; yields its stats."""
+    stats = {"sent": 0}
+    app = web.Application([(r"/.*", _Flood, {"stats": stats})])
+    sock, port = bind_unused_port()
+
+    async def start() -> httpserver.HTTPServer:
+        server = httpserver.HTTPServer(app)
+        server.add_sockets([sock])
+        return server
+
+    server = jp_asyncio_loop.run_until_complete(start())
+    endpoints[ECHO_ID] = RemoteEndpoint(local_port=port, token=REMOTE_TOKEN)
+    yield stats
+    server.stop()
+    jp_asyncio_loop.run_until_complete(server.close_all_connections())
+
+
+def _proxy_log_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "jupyter-ec2 proxy" in r.getMessage()]
+
+
+async def test_a_websocket_flood_to_a_client_that_does_not_read_is_held_back(
+    proxy_server, flood, local_url, jp_auth_header, caplog
+):
+    # Given a remote that writes as fast as it can, and a browser that reads nothing
+    caplog.set_level(logging.INFO)
+    request = httpclient.HTTPRequest(
+        local_url(ECHO_ID, "api/flood", scheme="ws"), headers=jp_auth_header
+    )
+    client = await websocket.websocket_connect(request)  # read_message is never called
+    # When it has flooded for a while
+    await asyncio.sleep(3)
+    # Then the remote was held back by back-pressure: only what windows and socket buffers
+    # hold left it (without back-pressure it is hundreds of MB by now), and nothing was logged
+    assert flood["sent"] < 48 * 1024 * 1024, flood["sent"] / 1e6
+    assert _proxy_log_lines(caplog) == []
+    client.close()
+
+
+async def test_a_message_over_the_cap_closes_with_1009_and_one_line(
+    proxy_server, flood, local_url, jp_auth_header, caplog
+):
+    # Given a 1 MiB cap and a remote that sends one 3 MiB message
+    caplog.set_level(logging.INFO)
+    _limits(proxy_server.web_app.settings, ws_max_pending=1024 * 1024)
+    request = httpclient.HTTPRequest(
+        local_url(ECHO_ID, f"api/big?one={3 * 1024 * 1024}", scheme="ws"), headers=jp_auth_header
+    )
+    client = await websocket.websocket_connect(request)
+    # When the browser reads / Then the socket closes with 1009, and one line says why
+    assert await asyncio.wait_for(client.read_message(), 20) is None
+    assert client.close_code == 1009
+    lines = _proxy_log_lines(caplog)
+    assert len(lines) == 1 and "exceeds the relay's cap" in lines[0], lines

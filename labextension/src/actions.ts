@@ -80,6 +80,68 @@ export function openInNewTab(instance: IInstance): boolean {
   return true;
 }
 
+/**
+ * Whether the instance's notebook is served on this server's own origin
+ * (`remote_origin = "same"`): a page it serves then runs with the local session.
+ */
+export function servedOnLocalOrigin(instance: IInstance): boolean {
+  if (!instance.url) {
+    return false;
+  }
+  const target = new URL(absoluteURL(instance.url, PageConfig.getBaseUrl()));
+  return target.origin === window.location.origin;
+}
+
+const TRUST_ACKNOWLEDGED = 'jupyter-ec2:same-origin-acknowledged';
+
+/** Whether the user accepted, in this browser session, the trust "same" mode needs. */
+export function sameOriginAcknowledged(): boolean {
+  return window.sessionStorage.getItem(TRUST_ACKNOWLEDGED) === 'yes';
+}
+
+/**
+ * Open an instance's notebook; in "same" mode first say, once per browser session, what
+ * that trusts the instance with.
+ *
+ * @returns false when the user declined, there is no URL yet or the browser blocked the tab
+ */
+export async function openInstance(instance: IInstance): Promise<boolean> {
+  if (servedOnLocalOrigin(instance) && !sameOriginAcknowledged()) {
+    const body = React.createElement(
+      'div',
+      { className: 'jp-ec2-confirm', 'data-testid': 'ec2-open-trust' },
+      React.createElement(
+        'p',
+        null,
+        `${instance.name} is served on this JupyterLab's own address ` +
+          '(remote_origin = "same"). Anything running on the instance that serves a ' +
+          'page there — a notebook output, a package, a remote lab extension — can act ' +
+          'with your local session: read and write your local files and run code on ' +
+          'this machine.'
+      ),
+      React.createElement(
+        'p',
+        null,
+        'Open it only if you trust everything installed on the instance. Where the ' +
+          'server listens on this machine, remote_origin = "auto" gives each instance an ' +
+          "origin of its own; behind JupyterHub, use JupyterHub's subdomain setup " +
+          '(see docs/security.md).'
+      )
+    );
+    const result = await showDialog({
+      title: 'Open with your local session?',
+      body,
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Open' })],
+      defaultButton: 0
+    });
+    if (!result.button.accept) {
+      return false;
+    }
+    window.sessionStorage.setItem(TRUST_ACKNOWLEDGED, 'yes');
+  }
+  return openInNewTab(instance);
+}
+
 /** Ask before terminating: the disk and everything on it is lost. */
 export async function confirmTerminate(instance: IInstance): Promise<boolean> {
   const body = React.createElement(

@@ -18,7 +18,7 @@ import {
   confirmTerminate,
   errorNotice,
   notifyError,
-  openInNewTab
+  openInstance
 } from './actions';
 import { ec2Icon } from './icons';
 import { ACTION_LABELS, offers } from './instances';
@@ -360,7 +360,7 @@ export function addCommands(
   /** What each instance command does once it knows the instance. */
   const run: Record<InstanceAction, (instance: IInstance) => Promise<void>> = {
     open: async instance => {
-      if (!openInNewTab(instance)) {
+      if (!(await openInstance(instance))) {
         Notification.warning(
           instance.url
             ? 'The browser did not open a new tab: allow pop-ups for this page.'

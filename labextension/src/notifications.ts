@@ -5,7 +5,12 @@
 import { Notification } from '@jupyterlab/apputils';
 import { IDisposable } from '@lumino/disposable';
 
-import { openInNewTab } from './actions';
+import {
+  openInNewTab,
+  openInstance,
+  sameOriginAcknowledged,
+  servedOnLocalOrigin
+} from './actions';
 import { EC2Model, IInstanceChange } from './model';
 import { DEFAULT_AUTO_OPEN, IInstance, WATCH_STORAGE_KEY } from './tokens';
 
@@ -186,15 +191,21 @@ export class InstanceNotifier implements IDisposable {
       displayType: 'accent',
       callback: () => {
         const current = this._model.instance(instance.id) ?? instance;
-        if (!openInNewTab(current)) {
-          Notification.warning(
-            'The browser did not open a new tab: allow pop-ups for this page.'
-          );
-        }
+        void openInstance(current).then(opened => {
+          if (!opened && !servedOnLocalOrigin(current)) {
+            Notification.warning(
+              'The browser did not open a new tab: allow pop-ups for this page.'
+            );
+          }
+        });
       }
     };
     let message = `${label} is ready.`;
-    if (this.autoOpen) {
+    // "same" mode opens only once the user has read what it trusts the instance with.
+    if (
+      this.autoOpen &&
+      (!servedOnLocalOrigin(instance) || sameOriginAcknowledged())
+    ) {
       message = openInNewTab(instance)
         ? `${label} is ready and opened in a new tab.`
         : `${label} is ready. The browser blocked the new tab: click Open.`;

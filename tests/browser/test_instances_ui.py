@@ -288,8 +288,11 @@ def test_launch_from_a_tile_open_the_remote_notebook_then_stop_start_and_termina
         rename.locator('input[type="text"]').fill("answer.ipynb")
         rename.locator("button.jp-mod-accept").click()
         expect(remote.locator(".jp-mod-dirty")).to_have_count(0)
+        # (asked as a program, with the local token: the browser's page lives on the
+        # instance's own origin, which Playwright's request client cannot resolve)
         saved = remote.request.get(
-            f"{server.base_url}jupyter-ec2/remote/{instance_id}/api/contents/answer.ipynb"
+            f"{server.base_url}jupyter-ec2/remote/{instance_id}/api/contents/answer.ipynb",
+            headers={"Authorization": f"token {server.token}"},
         )
         assert saved.status == 200, saved.text()
         assert "print(6*7)" in saved.text()
