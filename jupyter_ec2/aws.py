@@ -38,11 +38,13 @@ from traitlets.traitlets import TraitError
 
 from ._version import __version__
 from .errors import (
+    PERMISSION_CODES,
     CloudError,
     ConflictError,
     EC2LauncherError,
     NotFoundError,
     ValidationError,
+    permission_denied,
 )
 from .keys import KeyMaterial, fingerprint_sha256, generate_ed25519, public_key_blob
 from .models import (
@@ -672,7 +674,6 @@ _CREDENTIALS_HELP = (
 )
 _AUTH_CODES = {
     "AuthFailure",
-    "UnauthorizedOperation",
     "InvalidClientTokenId",
     "ExpiredToken",
     "RequestExpired",
@@ -682,7 +683,7 @@ _AUTH_CODES = {
 _NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 
 
-def translate_client_error(err: Any, *, action: str) -> EC2LauncherError:
+def translate_client_error(err: Any, *, action: str, service: str = "ec2") -> EC2LauncherError:
     """A domain error for a botocore ``ClientError`` (pure: it only reads ``err.response``)."""
     info = (getattr(err, "response", None) or {}).get("Error") or {}
     code = str(info.get("Code") or "Unknown")
@@ -708,6 +709,14 @@ def translate_client_error(err: Any, *, action: str) -> EC2LauncherError:
     if code == "IncorrectInstanceState":
         return ConflictError(
             f"Could not {action} in its current state ({code}): {message}", code=code
+        )
+    if code in PERMISSION_CODES:
+        return permission_denied(
+            str(getattr(err, "operation_name", "") or ""),
+            service,
+            str(info.get("Message") or ""),
+            action=action,
+            code=code,
         )
     if code in _AUTH_CODES:
         return CloudError(
