@@ -270,3 +270,117 @@ def test_permission_errors_name_the_action(operation, code, message, first):
     assert result.actions[0] == first
     assert f"does not allow {first}" in result.message
     assert "arn:" not in result.message and "QUJD" not in result.message
+
+
+# -- end to end, through the REST API -------------------------------------------------------------
+
+
+@pytest.fixture
+def jp_ec2_iam_policy() -> dict:
+    """The policy the REST tests' IAM user holds (override per test)."""
+    return POLICY
+
+
+@pytest.fixture
+def jp_ec2_iam_env(jp_ec2_cloud, monkeypatch, jp_ec2_iam_policy) -> dict:
+    """The extension's credentials: a fresh IAM user holding ``jp_ec2_iam_policy``."""
+    env = jp_ec2_cloud.iam_user(jp_ec2_iam_policy)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def jp_server_config(jp_ec2_iam_env, jp_ec2_cloud, jp_ec2_hosts, tmp_path, jp_ec2_profiles):
+    """The extension on the simulated cloud, as the IAM user, with fast polling."""
+    import secrets
+
+    from jupyter_ec2.testing.demo import simulated_config
+
+    config = simulated_config(
+        jp_ec2_cloud,
+        jp_ec2_hosts,
+        tmp_path / "state",
+        notebook_user=f"jec2i{secrets.token_hex(3)}",
+        idle_stop_command=f"touch {tmp_path / 'idle-stop-ran'}",
+        profiles=jp_ec2_profiles,
+    )
+    config["ServerApp"]["allow_unauthenticated_access"] = False
+    config["LaunchManager"] = {"poll_fast": 0.2, "poll_slow": 1.0}
+    config["Provisioner"]["wheel_dir"] = str(tmp_path / "empty-wheels")
+    (tmp_path / "empty-wheels").mkdir()
+    return config
+
+
+@pytest.fixture
+def _remove_notebook_user(jp_server_config):
+    yield
+    from jupyter_ec2.testing.demo import remove_user
+
+    remove_user(jp_server_config["Provisioner"]["notebook_user"])
+
+
+async def _api(jp_fetch, *parts, method="GET", body=None):
+    response = await jp_fetch(
+        "jupyter-ec2",
+        "api",
+        *parts,
+        method=method,
+        body=None if body is None else json.dumps(body),
+        allow_nonstandard_methods=True,
+    )
+    return response.code, json.loads(response.body)
+
+
+async def _until(jp_fetch, instance_id, phases, timeout=120):
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        _, inst = await _api(jp_fetch, "instances", instance_id)
+        if inst["phase"] in phases:
+            return inst
+        if inst["phase"] == "failed":
+            pytest.fail(f"failed: {inst['error']}")
+        assert time.monotonic() < deadline, f"stuck in {inst['phase']}: {inst['message']}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_remove_notebook_user")
+async def test_rest_lifecycle_as_a_user_holding_exactly_the_policy(jp_fetch, jp_ec2_cloud):
+    # Given the extension running as a user that holds exactly docs/iam-policy.json
+    # When an instance is launched, stopped, started and terminated through the REST API
+    code, inst = await _api(jp_fetch, "instances", method="POST", body={"profile": "cpu"})
+    assert code == 202
+    instance_id = inst["id"]
+    await _until(jp_fetch, instance_id, {"ready"})
+    await _api(jp_fetch, "instances", instance_id, "stop", method="POST", body={})
+    await _until(jp_fetch, instance_id, {"stopped"})
+    await _api(jp_fetch, "instances", instance_id, "start", method="POST", body={})
+    await _until(jp_fetch, instance_id, {"ready"})
+    await _api(jp_fetch, "instances", instance_id, method="DELETE")
+    await _until(jp_fetch, instance_id, {"terminated"})
+    # Then every step passed under enforcement, with nothing refused
+    assert jp_ec2_cloud.iam_denials == []
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_remove_notebook_user")
+@pytest.mark.parametrize(
+    "jp_ec2_iam_policy", [without_statements(POLICY, ["LaunchManagedInstance"])]
+)
+async def test_rest_launch_without_run_instances_names_the_action(jp_fetch, jp_ec2_cloud):
+    # Given a user whose policy lacks the statement that lets it launch instances
+    from tornado.httpclient import HTTPClientError
+
+    # When a launch is asked through the REST API
+    with pytest.raises(HTTPClientError) as caught:
+        await _api(jp_fetch, "instances", method="POST", body={"profile": "cpu"})
+    # Then it is a 502 naming ec2:RunInstances in plain words, and nothing runs
+    assert caught.value.code == 502
+    message = json.loads(caught.value.response.body)["message"]
+    assert "does not allow ec2:RunInstances" in message
+    assert "Encoded" not in message and "arn:" not in message
+    assert jp_ec2_cloud.client().describe_instances()["Reservations"] == []
