@@ -73,6 +73,18 @@ class ProfilesHandler(EC2APIHandler):
         self.write_json(self.settings["jupyter_ec2_profiles"].to_json())
 
 
+class CostsHandler(EC2APIHandler):
+    """``GET costs``: what the managed instances cost so far (an estimate)."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def get(self) -> None:
+        """This month's spend, the current $/h, the stopped disks' $/month, per instance too."""
+        manager = await self.manager()
+        self.write_json(manager.costs_summary())
+
+
 class InstancesHandler(EC2APIHandler):
     """``GET instances`` lists every managed instance; ``POST instances`` launches one."""
 

@@ -536,6 +536,7 @@ class Instance:
         url: str | None = None,
         tunnel: dict[str, Any] | None = None,
         idle: dict[str, Any] | None = None,
+        cost: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The API ``Instance`` (DESIGN.md §4)."""
         return {
@@ -557,4 +558,7 @@ class Instance:
             "actions": actions,
             "pending": pending,
             "idle": idle,
+            "cost": cost
+            if cost is not None
+            else {"so_far_usd": None, "stopped_monthly_usd": None, "estimate": True},
         }
