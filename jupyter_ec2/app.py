@@ -20,6 +20,7 @@ from .handlers import (
     InstanceHandler,
     InstanceLogHandler,
     InstancesHandler,
+    KeepaliveHandler,
     ProfilesHandler,
 )
 from .models import INSTANCE_ID_PATTERN, ProfileSet, load_profiles
@@ -43,6 +44,7 @@ class EC2Launcher(ExtensionApp):
         (rf"/{API_PREFIX}/instances", InstancesHandler),
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})", InstanceHandler),
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/log", InstanceLogHandler),
+        (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/keepalive", KeepaliveHandler),
         (
             rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/(start|stop|reconnect)",
             InstanceActionHandler,

@@ -37,7 +37,9 @@ class LaunchManager(InstanceWatcher):
     """Launches, provisions, forwards, watches, stops, starts and terminates instances."""
 
     #: The actions this manager carries out; a later issue adds its action here with its handler.
-    implemented_actions = frozenset({"open", "start", "stop", "reconnect", "terminate"})
+    implemented_actions = frozenset(
+        {"open", "start", "stop", "reconnect", "terminate", "keepalive"}
+    )
 
     backend = Instance("jupyter_ec2.aws.EC2Backend", help="The EC2 layer.")
     provisioner = Instance("jupyter_ec2.provision.Provisioner", help="The SSH provisioning layer.")
@@ -75,6 +77,7 @@ class LaunchManager(InstanceWatcher):
         self.costs = cost_rules.CostLedger()
         self._disk_pricing: set[str] = set()
         self._budget_warned: float | None = None  # the month start of the last warning
+        self._keep_until: dict[str, float] = {}  # instance id -> keepalive asked until (local)
         self.subscribe(self._feed_costs)
 
     # -- start-up and shut-down ------------------------------------------------------------------
@@ -269,6 +272,10 @@ class LaunchManager(InstanceWatcher):
         if status is None or record.phase not in (Phase.READY, Phase.DEGRADED):
             return None
         left = status.seconds_left() if status.enabled else None
+        keep_until = self._keep_until.get(record.id)
+        if left is not None and keep_until is not None:
+            # The watchdog reads the keepalive before every decision: it cannot stop earlier.
+            left = max(left, keep_until - time.time())
         if left is None or status.busy:
             return {"stops_at": None, "seconds_left": None, "busy": True} if status.busy else None
         stops_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=left)
@@ -381,6 +388,25 @@ class LaunchManager(InstanceWatcher):
                 record,
                 self._bring_up(record, self._profile_of(record), fresh=not record.provisioned),
             )
+        return self.to_json(record)
+
+    async def keepalive(self, instance_id: str, minutes: int) -> dict[str, Any]:
+        """Postpone the instance's idle auto-stop by ``minutes`` from now (its watchdog decides)."""
+        record = self.get(instance_id)
+        lc.check_action(record.id, self.state_of(record), "keepalive")
+        async with self._action(record):
+            asked_at = time.time()
+            target = await self._thread(self._target, record)
+            await self._thread(
+                functools.partial(self.provisioner.keep_alive, target, record.id, minutes)
+            )
+            self._keep_until[record.id] = asked_at + minutes * 60
+            self._log(record, "keepalive", f"Kept alive for {minutes} min: no idle stop before.")
+            try:
+                status = await self._thread(self.provisioner.read_idle_status, target, record.id)
+                record.idle_status = status
+            except EC2LauncherError as err:
+                self.log.debug("jupyter-ec2: idle status of %s unknown: %s", record.id, err)
         return self.to_json(record)
 
     async def _shut_down(

@@ -255,9 +255,15 @@ class SimClock:
 
 
 @pytest.fixture
-def jp_server_config(jp_ec2_cloud, jp_ec2_config, tmp_path):
+def jp_server_config(jp_ec2_cloud, jp_ec2_config):
     """jupyter-ec2 on the simulated cloud, prices injected, SSH layers faked, fast polls."""
+    return priced_config(jp_ec2_cloud, jp_ec2_config)
+
+
+def priced_config(cloud, ec2_config: dict) -> dict:
+    """The server config of these tests (other test modules reuse it)."""
     PriceList.calls = []
+    jp_ec2_cloud, jp_ec2_config = cloud, ec2_config
     return {
         "ServerApp": {
             "jpserver_extensions": {"jupyter_ec2": True},
