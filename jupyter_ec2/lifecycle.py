@@ -94,6 +94,7 @@ ACTION_RULES: Mapping[str, tuple[frozenset[Phase], frozenset[str] | None, str]] 
         frozenset({"stopped"}),
         "only a stopped instance can start",
     ),
+    # Also in ready: the forward may look up while SSH from the caller's new address is refused.
     "reconnect": (
         _UP | {P.FAILED},
         frozenset({"running"}),

@@ -418,6 +418,8 @@ class LaunchManager(InstanceWatcher):
         async with self._action(record):
             await self._cancel_task(record)
             self._set_phase(record, phase, f"Asking EC2 to {action} the instance.")
+            # The answer is the phase the action entered (the poller may already see further).
+            answer = self.to_json(record)
             await self._close_forward(record)
             try:
                 await self._thread(call, [record.id], record.region)
@@ -425,7 +427,7 @@ class LaunchManager(InstanceWatcher):
                 self._fail(record, action, err.message)
                 raise
         self._changed.set()
-        return self.to_json(record)
+        return answer
 
     @contextlib.asynccontextmanager
     async def _action(self, record: InstanceRecord) -> Any:

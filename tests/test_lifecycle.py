@@ -436,7 +436,7 @@ async def test_a_lagging_describe_never_marks_a_new_instance_terminated(
 class _CallerAddress(http.server.ThreadingHTTPServer):
     """A local stand-in for the "what is my public address" service; the test moves it."""
 
-    address = "203.0.113.10"
+    address = "52.95.110.1"
 
     def __init__(self) -> None:
         outer = self
@@ -480,19 +480,19 @@ class TestCallerAddressChange:
     async def test_reconnect_refreshes_the_rule_without_a_stop(
         self, jp_fetch, jp_ec2_cloud, caller
     ):
-        # Given a ready instance launched from 203.0.113.10
+        # Given a ready instance launched from 52.95.110.1
         _, inst = await _json(jp_fetch, "instances", method="POST", body={"profile": "cpu"})
         await _wait_phase(jp_fetch, inst["id"], {"ready"})
-        assert _ssh_cidrs(jp_ec2_cloud, inst["id"]) == {"203.0.113.10/32"}
-        # When the caller's public address changes and the user reconnects
-        caller.address = "198.51.100.20"
+        assert _ssh_cidrs(jp_ec2_cloud, inst["id"]) == {"52.95.110.1/32"}
+        # When the caller's public address changes and the user presses Reconnect
+        caller.address = "52.95.110.2"
         code, body = await _json(
             jp_fetch, "instances", inst["id"], "reconnect", method="POST", body={}
         )
-        # Then the SSH rule holds the new address only, and the instance is ready again, never
-        # stopped
-        assert code == 202
-        assert _ssh_cidrs(jp_ec2_cloud, inst["id"]) == {"198.51.100.20/32"}
+        # Then the SSH rule holds the new address only
+        assert code == 202 and body["phase"] == "connecting"
+        assert _ssh_cidrs(jp_ec2_cloud, inst["id"]) == {"52.95.110.2/32"}
+        # And the instance is ready again, never stopped
         seen: list[str] = []
         ready = await _wait_phase(jp_fetch, inst["id"], {"ready"}, seen)
         assert "stopping" not in seen and ready["ec2_state"] == "running"
