@@ -17,6 +17,7 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { addCommands, PanelTracker } from './commands';
 import { profileTiles } from './launcher';
 import { EC2Model } from './model';
+import { IdleWarning } from './idlewarning';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
 import { profilePaletteItems } from './palette';
 import {
@@ -60,6 +61,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     addCommands(app, model, tracker, notifier);
     new ErrorNotifier(model);
+    new IdleWarning(model);
 
     if (launcher) {
       profileTiles(launcher, model);
