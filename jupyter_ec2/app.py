@@ -15,10 +15,12 @@ from traitlets import Dict, Enum, Float, Int, Type, Unicode, default, validate
 
 from ._version import __version__
 from .handlers import (
+    CostsHandler,
     InstanceActionHandler,
     InstanceHandler,
     InstanceLogHandler,
     InstancesHandler,
+    KeepaliveHandler,
     ProfilesHandler,
 )
 from .models import INSTANCE_ID_PATTERN, ProfileSet, load_profiles
@@ -52,9 +54,11 @@ class EC2Launcher(ExtensionApp):
     #: The routes this extension serves, relative to the server's base_url.
     routes = [
         (rf"/{API_PREFIX}/profiles", ProfilesHandler),
+        (rf"/{API_PREFIX}/costs", CostsHandler),
         (rf"/{API_PREFIX}/instances", InstancesHandler),
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})", InstanceHandler),
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/log", InstanceLogHandler),
+        (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/keepalive", KeepaliveHandler),
         (
             rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/(start|stop|reconnect)",
             InstanceActionHandler,
@@ -182,6 +186,25 @@ class EC2Launcher(ExtensionApp):
         keeps running, for debugging over SSH (it still stops itself when idle).""",
     ).tag(config=True)
 
+    monthly_budget_usd = Float(
+        None,
+        allow_none=True,
+        min=0.0,
+        help="""A monthly budget in USD for the instances jupyter-ec2 manages. Once the estimated
+        spend of this calendar month (UTC; compute while running plus root disks, also while
+        stopped) reaches it, launches are refused (409) saying by how much it is over; at 80% a
+        warning is shown. None: no budget.""",
+    ).tag(config=True)
+
+    max_hourly_usd = Float(
+        None,
+        allow_none=True,
+        min=0.0,
+        help="""The highest price per hour in USD of an instance type a launch (or a resize) may
+        choose; one above it, or one whose price AWS does not state, is refused (409).
+        None: no limit.""",
+    ).tag(config=True)
+
     state_dir = Unicode(
         help="""Where jupyter-ec2 keeps its state: the SSH key pair, pinned host keys, remote
         tokens and instance records, all in files only you can read (0600, directory 0700).""",
@@ -234,6 +257,8 @@ class EC2Launcher(ExtensionApp):
             base_url=self.serverapp.base_url if self.serverapp else "/",
             open_mode=self.open_mode,
             on_failure=self.on_failure,
+            monthly_budget_usd=self.monthly_budget_usd,
+            max_hourly_usd=self.max_hourly_usd,
         )
 
         def remote_lookup(instance_id: str) -> RemoteEndpoint | None:

@@ -17,7 +17,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from .errors import EC2LauncherError, ValidationError
-from .models import MAX_REQUEST_BYTES, LaunchRequest
+from .models import MAX_REQUEST_BYTES, LaunchRequest, validate_keepalive
 
 #: The resource name jupyter_server authorizers see for every jupyter-ec2 route.
 AUTH_RESOURCE = "jupyter_ec2"
@@ -61,6 +61,18 @@ class EC2APIHandler(ExtensionHandlerMixin, APIHandler):
         self.set_status(status)
         self.finish(json.dumps(body))
 
+    def json_body(self) -> Any:
+        """The decoded JSON body, refused with a 400 naming ``body`` when too large or malformed."""
+        raw = self.request.body
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise ValidationError(
+                "body", f"The request body is larger than {MAX_REQUEST_BYTES} bytes."
+            )
+        try:
+            return json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ValidationError("body", "The request body is not valid JSON.") from None
+
 
 class ProfilesHandler(EC2APIHandler):
     """``GET profiles``: the launch profiles this server offers."""
@@ -71,6 +83,18 @@ class ProfilesHandler(EC2APIHandler):
     async def get(self) -> None:
         """The validated profiles and the default one."""
         self.write_json(self.settings["jupyter_ec2_profiles"].to_json())
+
+
+class CostsHandler(EC2APIHandler):
+    """``GET costs``: what the managed instances cost so far (an estimate)."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def get(self) -> None:
+        """This month's spend, the current $/h, the stopped disks' $/month, per instance too."""
+        manager = await self.manager()
+        self.write_json(manager.costs_summary())
 
 
 class InstancesHandler(EC2APIHandler):
@@ -92,18 +116,6 @@ class InstancesHandler(EC2APIHandler):
         request = LaunchRequest.from_json(self.json_body())
         manager = await self.manager()
         self.write_json(await manager.launch(request), status=202)
-
-    def json_body(self) -> Any:
-        """The decoded JSON body, refused with a 400 naming ``body`` when too large or malformed."""
-        raw = self.request.body
-        if len(raw) > MAX_REQUEST_BYTES:
-            raise ValidationError(
-                "body", f"The request body is larger than {MAX_REQUEST_BYTES} bytes."
-            )
-        try:
-            return json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise ValidationError("body", "The request body is not valid JSON.") from None
 
 
 class InstanceHandler(EC2APIHandler):
@@ -140,6 +152,19 @@ class InstanceLogHandler(EC2APIHandler):
             raise ValidationError("after", "after must be a non-negative whole number.")
         manager = await self.manager()
         self.write_json(manager.log_after(instance_id, int(raw)))
+
+
+class KeepaliveHandler(EC2APIHandler):
+    """``POST instances/{id}/keepalive`` ``{"minutes": n}``: postpone the idle auto-stop."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def post(self, instance_id: str) -> None:
+        """Postpone the stop by n minutes from now (1–1440); answers 200 with the Instance."""
+        minutes = validate_keepalive(self.json_body())
+        manager = await self.manager()
+        self.write_json(await manager.keepalive(instance_id, minutes))
 
 
 class InstanceActionHandler(EC2APIHandler):

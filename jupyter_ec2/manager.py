@@ -6,7 +6,9 @@ phase allows, what to do on what EC2 reports) live in the pure :mod:`jupyter_ec2
 module only applies its decisions. Every boto3, paramiko and disk call runs in a worker thread.
 One poller asks EC2 about every managed instance in a single call per region and interval.
 Phase changes, log lines, provisioning steps and polls are published as
-:class:`~jupyter_ec2.lifecycle.LifecycleEvent` to subscribers (tests, benches).
+:class:`~jupyter_ec2.lifecycle.LifecycleEvent` to subscribers (tests, benches). The manager is
+itself a subscriber: on each phase change and each poll it feeds the EC2 states it saw to the
+cost ledger (:mod:`jupyter_ec2.costs`), which the budget guard consults before a launch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from jupyter_server.utils import url_path_join
 from traitlets import Enum, Float, Instance, Integer
 
+from . import costs as cost_rules
 from . import lifecycle as lc
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .models import LaunchRequest, Phase, Profile, ProfileSet, validate_instance_id
@@ -35,7 +38,9 @@ class LaunchManager(InstanceWatcher):
     """Launches, provisions, forwards, watches, stops, starts and terminates instances."""
 
     #: The actions this manager carries out; a later issue adds its action here with its handler.
-    implemented_actions = frozenset({"open", "start", "stop", "reconnect", "terminate"})
+    implemented_actions = frozenset(
+        {"open", "start", "stop", "reconnect", "terminate", "keepalive"}
+    )
 
     backend = Instance("jupyter_ec2.aws.EC2Backend", help="The EC2 layer.")
     provisioner = Instance("jupyter_ec2.provision.Provisioner", help="The SSH provisioning layer.")
@@ -47,6 +52,8 @@ class LaunchManager(InstanceWatcher):
         ["stop", "terminate", "keep"], default_value="stop", help="See EC2Launcher.on_failure."
     )
     open_mode = Enum(["proxy", "direct"], default_value="proxy", help="See EC2Launcher.open_mode.")
+    monthly_budget_usd = Float(None, allow_none=True, help="See EC2Launcher.monthly_budget_usd.")
+    max_hourly_usd = Float(None, allow_none=True, help="See EC2Launcher.max_hourly_usd.")
 
     boot_timeout = Float(
         600.0, min=1.0, help="Seconds to wait for a launched or started instance to run."
@@ -66,6 +73,13 @@ class LaunchManager(InstanceWatcher):
         super().__init__(**kwargs)
         self._poller: asyncio.Task | None = None
         self._started: asyncio.Future | None = None
+        #: Where the cost ledger's times come from (epoch seconds); a test may set a simulated one.
+        self.clock: Callable[[], float] = time.time
+        self.costs = cost_rules.CostLedger()
+        self._disk_pricing: set[str] = set()
+        self._budget_warned: float | None = None  # the month start of the last warning
+        self._keep_until: dict[str, float] = {}  # instance id -> keepalive asked until (local)
+        self.subscribe(self._feed_costs)
 
     # -- start-up and shut-down ------------------------------------------------------------------
 
@@ -80,6 +94,12 @@ class LaunchManager(InstanceWatcher):
         self._loop = asyncio.get_running_loop()
         self.tunnels.on_change = self._on_tunnel_change
         self.tunnels.on_retry = self._on_forward_retry
+        try:
+            saved = await self._thread(self.store.read_json, "costs")
+        except EC2LauncherError as err:
+            self.log.warning("jupyter-ec2: the cost history is unreadable: %s", err.message)
+            saved = None
+        self.costs = cost_rules.CostLedger.from_json(saved)
         try:
             await self.poll_once()  # re-discovers every managed instance by its tags
         except EC2LauncherError as err:
@@ -167,13 +187,97 @@ class LaunchManager(InstanceWatcher):
             url=url,
             tunnel=tunnel,
             idle=self._idle_json(record),
+            cost=self.costs.instance_cost(record.id, self.clock()),
         )
+
+    # -- costs ---------------------------------------------------------------------------------
+
+    def costs_summary(self) -> dict[str, Any]:
+        """The answer of ``GET costs`` (DESIGN.md §4): an estimate from the states seen."""
+        return self.costs.summary(self.clock(), self.monthly_budget_usd)
+
+    async def check_hourly_limit(self, region: str, instance_type: str, spot: bool) -> None:
+        """Refuse (409) an instance type above ``max_hourly_usd``; a launch and a resize use it."""
+        if self.max_hourly_usd is None:
+            return
+        hourly = await self._thread(self.prices.hourly_usd, region, instance_type, spot)
+        why = cost_rules.hourly_refusal(instance_type, hourly, self.max_hourly_usd)
+        if why is not None:
+            raise ConflictError(why)
+
+    def check_budget(self) -> None:
+        """Refuse (409) a launch once this month's managed spend reached the budget."""
+        spent = self.costs.known_month_usd(self.clock())
+        why = cost_rules.budget_refusal(spent, self.monthly_budget_usd)
+        if why is not None:
+            raise ConflictError(why)
+
+    def _feed_costs(self, event: lc.LifecycleEvent) -> None:
+        """Feed the EC2 states seen to the cost ledger (on each phase change and each poll)."""
+        if event.kind == "phase" and event.instance_id in self.records:
+            records = [self.records[event.instance_id]]
+        elif event.kind == "poll":
+            records = list(self.records.values())
+        else:
+            return
+        now = self.clock()
+        changed = False
+        for record in records:
+            entry = self.costs.entry(record.id, record.region, record.instance_type, now=now)
+            if entry.volume_gb is None:
+                profile = self.profiles.get(record.profile)
+                entry.volume_gb = profile.volume_gb if profile is not None else None
+            state = "terminated" if record.phase == Phase.TERMINATED else record.ec2_state
+            changed |= self.costs.observe(record.id, state, now)
+            changed |= self.costs.set_hourly(record.id, record.hourly_usd, now)
+            if entry.gb_month_usd is None and not entry.terminated:
+                self._look_up_disk_price(record.region)
+        if changed:
+            self._save_costs()
+        if event.kind == "poll":
+            self._warn_budget(now)
+
+    def _look_up_disk_price(self, region: str) -> None:
+        """Ask for the region's gp3 price in a thread, unless a lookup runs or backs off."""
+        if region in self._disk_pricing or not self.prices.gb_month_due(region):
+            return
+        self._disk_pricing.add(region)
+
+        async def look_up() -> None:
+            try:
+                price = await self._thread(self.prices.gb_month_usd, region)
+            finally:
+                self._disk_pricing.discard(region)
+            if self.costs.set_gb_month(region, price):
+                self._save_costs()
+
+        self._run_detached(look_up())
+
+    def _save_costs(self) -> None:
+        self._write(self.store.write_json_secret, "costs", self.costs.to_json(self.clock()))
+
+    def _warn_budget(self, now: float) -> None:
+        month = cost_rules.month_start(now)
+        if self._budget_warned == month:
+            return
+        spent = self.costs.known_month_usd(now)
+        if cost_rules.budget_warning(spent, self.monthly_budget_usd):
+            self._budget_warned = month
+            self.log.warning(
+                "jupyter-ec2: an estimated $%.2f of the monthly budget of $%.2f is spent.",
+                spent,
+                self.monthly_budget_usd,
+            )
 
     def _idle_json(self, record: InstanceRecord) -> dict[str, Any] | None:
         status = record.idle_status
         if status is None or record.phase not in (Phase.READY, Phase.DEGRADED):
             return None
         left = status.seconds_left() if status.enabled else None
+        keep_until = self._keep_until.get(record.id)
+        if left is not None and keep_until is not None:
+            # The watchdog reads the keepalive before every decision: it cannot stop earlier.
+            left = max(left, keep_until - time.time())
         if left is None or status.busy:
             return {"stops_at": None, "seconds_left": None, "busy": True} if status.busy else None
         stops_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=left)
@@ -188,6 +292,8 @@ class LaunchManager(InstanceWatcher):
     async def launch(self, request: LaunchRequest) -> dict[str, Any]:
         """Launch an instance for a validated request; provisioning goes on in the background."""
         profile = request.resolve(self.profiles)
+        self.check_budget()
+        await self.check_hourly_limit(profile.region, profile.instance_type, profile.spot)
         active = sum(r.phase not in CLOSED for r in self.records.values()) + len(self._launching)
         if active >= self.max_instances:
             raise ConflictError(
@@ -226,6 +332,11 @@ class LaunchManager(InstanceWatcher):
             spot=profile.spot,
         )
         self.records[record.id] = record
+        # The disk is billed from now: its size is the request's, overrides included.
+        self.costs.entry(
+            record.id, record.region, record.instance_type, volume_gb=profile.volume_gb,
+            now=self.clock(),
+        )  # fmt: skip
         self._log(
             record,
             "launch",
@@ -279,6 +390,25 @@ class LaunchManager(InstanceWatcher):
                 record,
                 self._bring_up(record, self._profile_of(record), fresh=not record.provisioned),
             )
+        return self.to_json(record)
+
+    async def keepalive(self, instance_id: str, minutes: int) -> dict[str, Any]:
+        """Postpone the instance's idle auto-stop by ``minutes`` from now (its watchdog decides)."""
+        record = self.get(instance_id)
+        lc.check_action(record.id, self.state_of(record), "keepalive")
+        async with self._action(record):
+            asked_at = time.time()
+            target = await self._thread(self._target, record)
+            await self._thread(
+                functools.partial(self.provisioner.keep_alive, target, record.id, minutes)
+            )
+            self._keep_until[record.id] = asked_at + minutes * 60
+            self._log(record, "keepalive", f"Kept alive for {minutes} min: no idle stop before.")
+            try:
+                status = await self._thread(self.provisioner.read_idle_status, target, record.id)
+                record.idle_status = status
+            except EC2LauncherError as err:
+                self.log.debug("jupyter-ec2: idle status of %s unknown: %s", record.id, err)
         return self.to_json(record)
 
     async def _shut_down(

@@ -214,6 +214,27 @@ def validate_idle_stop_minutes(value: Any) -> float | int:
     return value
 
 
+def validate_keepalive(body: Any) -> int:
+    """The body of ``POST instances/{id}/keepalive``: ``{"minutes": n}``, n a whole 1–1440."""
+    if not isinstance(body, dict):
+        raise ValidationError("body", 'The body must be a JSON object like {"minutes": 60}.')
+    unknown = sorted(set(body) - {"minutes"})
+    if unknown:
+        raise ValidationError(str(unknown[0])[:40], f"Unknown field {unknown[0]!r:.40}.")
+    if "minutes" not in body:
+        raise ValidationError("minutes", "minutes is required (1 to 1440).")
+    value = _expect(body["minutes"], int, "minutes", "a whole number of minutes")
+    if not 1 <= value <= MAX_KEEPALIVE_MINUTES:
+        raise ValidationError(
+            "minutes", f"minutes must be from 1 to {MAX_KEEPALIVE_MINUTES} (a day), not {value}."
+        )
+    return value
+
+
+#: The longest keepalive one request may ask for (a day).
+MAX_KEEPALIVE_MINUTES = 1440
+
+
 def validate_tags(value: Any) -> dict[str, str]:
     """User tags for the instance: at most 40, no ``aws:`` or ``jupyter-ec2:`` keys."""
     _expect(value, dict, "tags", "a mapping of tag names to values")
@@ -562,6 +583,7 @@ class Instance:
         url: str | None = None,
         tunnel: dict[str, Any] | None = None,
         idle: dict[str, Any] | None = None,
+        cost: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The API ``Instance`` (DESIGN.md §4)."""
         return {
@@ -583,4 +605,7 @@ class Instance:
             "actions": actions,
             "pending": pending,
             "idle": idle,
+            "cost": cost
+            if cost is not None
+            else {"so_far_usd": None, "stopped_monthly_usd": None, "estimate": True},
         }

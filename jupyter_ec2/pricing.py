@@ -1,4 +1,7 @@
-"""Hourly prices of instance types, for the panel's $/h: AWS's Price List API, cached.
+"""Prices for the panel's $/h and the cost estimate: AWS's Price List API, cached.
+
+Hourly prices of instance types, and the region's gp3 EBS price per GB-month (what a root volume
+costs, also while its instance is stopped).
 
 On-demand prices come from the Price List (``pricing``) API, which answers only in a few regions
 (``us-east-1`` among them) whatever region is priced; spot prices from EC2's spot price history
@@ -32,6 +35,16 @@ def on_demand_filters(region: str, instance_type: str) -> list[dict[str, str]]:
     return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in fields.items()]
 
 
+def ebs_filters(region: str, volume_api_name: str = "gp3") -> list[dict[str, str]]:
+    """Price List filters for the storage of an EBS volume type in a region."""
+    fields = {
+        "productFamily": "Storage",
+        "volumeApiName": volume_api_name,
+        "regionCode": region,
+    }
+    return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in fields.items()]
+
+
 def hourly_usd_from_price_list(documents: Iterable[str | dict[str, Any]]) -> float | None:
     """The on-demand USD price per hour in Price List product documents, or None.
 
@@ -39,12 +52,24 @@ def hourly_usd_from_price_list(documents: Iterable[str | dict[str, Any]]) -> flo
     ``terms.OnDemand`` holds price dimensions with a ``unit`` of ``Hrs`` and a USD price.
     When several products match, the lowest non-zero hourly price is taken.
     """
+    return usd_per_unit_from_price_list(documents, ("Hrs", "Hours"))
+
+
+def gb_month_usd_from_price_list(documents: Iterable[str | dict[str, Any]]) -> float | None:
+    """The on-demand USD price per GB-month of storage in Price List documents, or None."""
+    return usd_per_unit_from_price_list(documents, ("GB-Mo", "GB-month"))
+
+
+def usd_per_unit_from_price_list(
+    documents: Iterable[str | dict[str, Any]], units: tuple[str, ...]
+) -> float | None:
+    """The lowest non-zero on-demand USD price whose dimension's ``unit`` is one of ``units``."""
     prices: list[float] = []
     for document in documents:
         product = json.loads(document) if isinstance(document, str) else document
         for term in (product.get("terms") or {}).get("OnDemand", {}).values():
             for dimension in (term.get("priceDimensions") or {}).values():
-                if dimension.get("unit") not in ("Hrs", "Hours"):
+                if dimension.get("unit") not in units:
                     continue
                 try:
                     price = float((dimension.get("pricePerUnit") or {}).get("USD", "nan"))
@@ -99,7 +124,13 @@ class PriceCatalog:
 
     def due(self, region: str, instance_type: str, spot: bool = False) -> bool:
         """Whether a lookup would ask AWS now (nothing cached and no failure still backing off)."""
-        key = (region, instance_type, spot)
+        return self._due((region, instance_type, spot))
+
+    def gb_month_due(self, region: str, volume_type: str = "gp3") -> bool:
+        """Whether :meth:`gb_month_usd` would ask AWS now."""
+        return self._due((region, f"ebs:{volume_type}", False))
+
+    def _due(self, key: tuple[str, str, bool]) -> bool:
         with self._lock:
             if key in self._cache:
                 return False
@@ -108,21 +139,30 @@ class PriceCatalog:
 
     def hourly_usd(self, region: str, instance_type: str, spot: bool = False) -> float | None:
         """The price per hour in USD, or None when AWS does not say (call from a thread)."""
-        key = (region, instance_type, spot)
+        if spot:
+            return self._cached((region, instance_type, True), self._spot)
+        return self._cached((region, instance_type, False), self._on_demand)
+
+    def gb_month_usd(self, region: str, volume_type: str = "gp3") -> float | None:
+        """The EBS price per GB-month in USD of a volume type in a region, or None (a thread)."""
+        return self._cached(
+            (region, f"ebs:{volume_type}", False), lambda r, _k: self._storage(r, volume_type)
+        )
+
+    def _cached(
+        self, key: tuple[str, str, bool], look_up: Callable[[str, str], float | None]
+    ) -> float | None:
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
             failed = self._failed.get(key)
             if failed is not None and self._clock() < failed[1]:
                 return None
+        region, what, _spot = key
         try:
-            price = (
-                self._spot(region, instance_type)
-                if spot
-                else self._on_demand(region, instance_type)
-            )
+            price = look_up(region, what)
         except Exception as err:  # noqa: BLE001 - a price is optional; never fail a launch for it
-            self._debug("price of %s in %s unknown for now: %s", instance_type, region, err)
+            self._debug("price of %s in %s unknown for now: %s", what, region, err)
             with self._lock:
                 count = (self._failed.get(key) or (0, 0.0))[0] + 1
                 wait = min(self._retry_max, self._retry_initial * 2 ** (count - 1))
@@ -132,6 +172,13 @@ class PriceCatalog:
             self._cache[key] = price
             self._failed.pop(key, None)
         return price
+
+    def _storage(self, region: str, volume_type: str) -> float | None:
+        client = self._client("pricing", PRICING_REGION)
+        answer = client.get_products(
+            ServiceCode="AmazonEC2", Filters=ebs_filters(region, volume_type), MaxResults=20
+        )
+        return gb_month_usd_from_price_list(answer.get("PriceList") or [])
 
     def _on_demand(self, region: str, instance_type: str) -> float | None:
         client = self._client("pricing", PRICING_REGION)

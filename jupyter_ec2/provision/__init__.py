@@ -20,6 +20,7 @@ import functools
 import io
 import json
 import os
+import posixpath
 import secrets
 import shlex
 import time
@@ -829,6 +830,45 @@ class Provisioner(LoggingConfigurable):
             facts=facts,
             fast=True,
         )
+
+    def keep_alive(
+        self,
+        target: SSHTarget,
+        instance_id: str,
+        minutes: int,
+        *,
+        facts: ConnectFacts | Callable[[], ConnectFacts | None] | None = None,
+        timeout: float = 30.0,
+    ) -> float:
+        """Tell the instance's watchdog not to stop it for ``minutes`` from now (its own clock).
+
+        Writes ``keepalive.json`` beside the watchdog's status file, as root (through ``sudo``
+        when the login user is not root), atomically; returns the ``until`` written.
+        """
+        paths = remote_paths(validate_instance_id(instance_id))
+        seconds = int(minutes) * 60
+        path = posixpath.join(posixpath.dirname(paths.status_file), "keepalive.json")
+        tmp = path + ".tmp"
+        script = (
+            f"test -d {shlex.quote(paths.state_dir)} || {{ echo 'not provisioned'; exit 3; }}; "
+            f"until=$(( $(date +%s) + {seconds} )); umask 022; "
+            f"printf '{{\"until\": %s}}\\n' \"$until\" > {shlex.quote(tmp)} && "
+            f"mv -f {shlex.quote(tmp)} {shlex.quote(path)} && echo \"$until\""
+        )
+        command = (
+            'if [ "$(id -u)" = 0 ]; then exec /bin/sh -c "$0"; '
+            'else exec sudo -n /bin/sh -c "$0"; fi'
+        )
+        with self.connect(target, facts=facts, timeout=timeout) as conn:
+            result = conn.run(f"/bin/sh -c {shlex.quote(command)} {shlex.quote(script)}",
+                              timeout=timeout)  # fmt: skip
+        output = [line for line in result.lines if line.strip()]
+        if result.exit_status != 0 or not output or not output[-1].strip().isdigit():
+            raise SSHError(
+                "Could not write the keepalive on the instance: "
+                + (" ".join(output)[-200:] or f"exit status {result.exit_status}")
+            )
+        return float(output[-1].strip())
 
     def read_idle_status(
         self,

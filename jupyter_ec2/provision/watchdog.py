@@ -19,7 +19,12 @@ It keeps a status file (JSON, world-readable, no secrets) that the extension rea
 
 Settings (JSON): ``instance_id``, ``config_file``, ``status_file``, ``pid_file``,
 ``idle_stop_minutes`` (0 = do nothing but report), ``command`` (list of words), and optionally
-``interval`` (seconds between polls).
+``interval`` (seconds between polls) and ``keepalive_file`` (default: ``keepalive.json`` beside
+the status file).
+
+Keepalive: the extension writes ``{"until": UNIX_TIME}`` (instance clock) to the keepalive file
+("Keep running 1 h"); it is read before every decision, and the machine never stops before that
+time (``stops_at`` is the later of the idle deadline and ``until``).
 """
 
 import json
@@ -101,12 +106,23 @@ def summarize(kernels, terminals):
     return Reading(True, busy, latest, len(kernels or []), len(terminals or []))
 
 
+def read_keepalive(path):
+    """The ``until`` (Unix time) of a keepalive file, or None when absent or unreadable."""
+    try:
+        with open(path) as f:
+            until = json.load(f).get("until")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(until) if isinstance(until, (int, float)) else None
+
+
 class IdleClock:
     """The idle decision, free of I/O: feed it readings, ask it whether to stop."""
 
     def __init__(self, idle_seconds, started):
         self.idle_seconds = idle_seconds
         self.idle_since = started
+        self.keep_until = None  # a keepalive: never stop before this time
 
     def observe(self, reading, now):
         """Move the start of the idle period forward for activity seen in ``reading``."""
@@ -121,7 +137,8 @@ class IdleClock:
     @property
     def stops_at(self):
         """When the stop command runs if nothing happens meanwhile."""
-        return self.idle_since + self.idle_seconds
+        deadline = self.idle_since + self.idle_seconds
+        return deadline if self.keep_until is None else max(deadline, self.keep_until)
 
     def due(self, now):
         """Whether the machine has been idle for the whole idle time."""
@@ -142,6 +159,9 @@ class Watchdog:
         self.command = [str(word) for word in settings.get("command", [])]
         self.status_file = settings["status_file"]
         self.config_file = settings["config_file"]
+        self.keepalive_file = settings.get("keepalive_file") or os.path.join(
+            os.path.dirname(self.status_file), "keepalive.json"
+        )
         self.interval = poll_interval(self.minutes * 60.0, settings.get("interval"))
         self.clock = IdleClock(self.minutes * 60.0, time.time())
         self.last_command = None
@@ -202,6 +222,7 @@ class Watchdog:
             "terminals": reading.terminals,
             "server": "up" if reading.up else "unreachable",
             "last_command": self.last_command,
+            "keep_until": self.clock.keep_until,
         }
         tmp = self.status_file + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -235,6 +256,7 @@ class Watchdog:
         """One poll: read, decide, report."""
         now = time.time()
         reading = self.read()
+        self.clock.keep_until = read_keepalive(self.keepalive_file)
         self.clock.observe(reading, now)
         if self.clock.due(now):
             self.run_command(now)

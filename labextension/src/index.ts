@@ -12,11 +12,14 @@ import {
   WidgetTracker
 } from '@jupyterlab/apputils';
 import { ILauncher } from '@jupyterlab/launcher';
+import { IStatusBar } from '@jupyterlab/statusbar';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { addCommands, PanelTracker } from './commands';
 import { profileTiles } from './launcher';
 import { EC2Model } from './model';
+import { CostBar } from './costbar';
+import { IdleWarning } from './idlewarning';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
 import { profilePaletteItems } from './palette';
 import {
@@ -34,13 +37,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description: 'Launch, provision and open Jupyter on your own EC2 instances.',
   autoStart: true,
-  optional: [ILauncher, ILayoutRestorer, ICommandPalette, ISettingRegistry],
+  optional: [
+    ILauncher,
+    ILayoutRestorer,
+    ICommandPalette,
+    ISettingRegistry,
+    IStatusBar
+  ],
   activate: (
     app: JupyterFrontEnd,
     launcher: ILauncher | null,
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null,
-    settingRegistry: ISettingRegistry | null
+    settingRegistry: ISettingRegistry | null,
+    statusBar: IStatusBar | null
   ): void => {
     const model = new EC2Model({
       serverSettings: app.serviceManager.serverSettings
@@ -60,6 +70,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     addCommands(app, model, tracker, notifier);
     new ErrorNotifier(model);
+    new IdleWarning(model);
+    if (statusBar) {
+      statusBar.registerStatusItem(`${PLUGIN_ID}:costs`, {
+        item: new CostBar(
+          model,
+          () => void app.commands.execute(CommandIDs.openPanel)
+        ),
+        align: 'left',
+        rank: 900
+      });
+    }
 
     if (launcher) {
       profileTiles(launcher, model);

@@ -165,6 +165,14 @@ export interface IInstance {
   pending: boolean;
   /** The idle auto-stop countdown, or null when auto-stop is not armed. */
   idle: IIdle | null;
+  /** What it has cost so far and costs a month while stopped (an estimate; null if unknown). */
+  cost?: ICost;
+}
+
+/** `Instance.cost`: an estimate in USD, null where a price is unknown. */
+export interface ICost {
+  so_far_usd: number | null;
+  stopped_monthly_usd: number | null;
 }
 
 /** The answer of `GET instances`. */
