@@ -19,6 +19,7 @@ from .handlers import (
     InstanceHandler,
     InstanceLogHandler,
     InstancesHandler,
+    PreflightHandler,
     ProfilesHandler,
 )
 from .models import ProfileSet, load_profiles
@@ -38,6 +39,7 @@ class EC2Launcher(ExtensionApp):
     #: The routes this extension serves, relative to the server's base_url.
     routes = [
         (rf"/{API_PREFIX}/profiles", ProfilesHandler),
+        (rf"/{API_PREFIX}/preflight", PreflightHandler),
         (rf"/{API_PREFIX}/instances", InstancesHandler),
         (rf"/{API_PREFIX}/instances/(i-[0-9a-f]{{8,17}})", InstanceHandler),
         (rf"/{API_PREFIX}/instances/(i-[0-9a-f]{{8,17}})/log", InstanceLogHandler),

@@ -29,6 +29,7 @@ from traitlets.config import LoggingConfigurable
 
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .models import LaunchRequest, Phase, Profile, ProfileSet
+from .preflight import Preflight, point_to_check
 from .pricing import PriceCatalog
 from .provision.params import remote_base_url
 
@@ -174,6 +175,11 @@ class LaunchManager(LoggingConfigurable):
         self.prices = PriceCatalog(
             lambda service, region: self.backend.client(region, service=service), self.log
         )
+        self.preflight_checks = Preflight(
+            self.backend,
+            lambda: list(self.profiles.profiles.values()),
+            ssh_engine=lambda: str(getattr(self.tunnels, "engine", "auto")),
+        )
 
     # -- start-up and shut-down ------------------------------------------------------------------
 
@@ -312,12 +318,14 @@ class LaunchManager(LoggingConfigurable):
             )
         except ValidationError as err:
             self.store.delete_json(f"launch-{launch_id}")
+            self._point_to_check(err)
             if err.field in request.overrides:
                 # The cloud refused a value the request chose: name it as the request did.
                 raise err.prefixed("overrides") from None
             raise
-        except EC2LauncherError:
+        except EC2LauncherError as err:
             self.store.delete_json(f"launch-{launch_id}")
+            self._point_to_check(err)
             raise
         finally:
             self._launching.discard(launch_id)
@@ -342,6 +350,18 @@ class LaunchManager(LoggingConfigurable):
         self._run(record, self._bring_up(record, profile, fresh=True))
         self._run_detached(self._look_up_price(record, profile.spot))
         return self.to_json(record)
+
+    # -- preflight ("Check my AWS setup") --------------------------------------------------------
+
+    async def preflight(self, refresh: bool = False) -> dict[str, Any]:
+        """``GET preflight``: the setup checks, run in a worker thread and kept briefly."""
+        report = await self._thread(self.preflight_checks.report, refresh)
+        return report.to_json()
+
+    def _point_to_check(self, err: EC2LauncherError) -> None:
+        """A launch failed: name the preflight check that explains it, and re-check next time."""
+        if point_to_check(err) is err and getattr(err, "check", None):
+            self.preflight_checks.invalidate()
 
     async def _look_up_price(self, record: InstanceRecord, spot: bool) -> None:
         """Fill ``hourly_usd`` when AWS states a price (None stays "unknown")."""
