@@ -559,8 +559,10 @@ class Preflight:
         if simulated:
             message += f"; {len(simulated)} checked with the IAM policy simulator"
         if unverified:
-            reason = why_not or "the dry run could not tell"
-            message += f"; could not be checked: {', '.join(unverified)} ({reason})"
+            codes = sorted({p.code for p in probes if p.verdict == "unknown" and p.code})
+            reasons = [f"the dry run answered {', '.join(codes)}"] if codes else []
+            reasons.append(why_not or "no dry run exists for it")
+            message += f"; could not be checked: {', '.join(unverified)} ({'; '.join(reasons)})"
         return Check("permissions", "ok", message + ".", None, details=details)
 
     # quota --------------------------------------------------------------------------------------

@@ -369,9 +369,9 @@ class Provisioner(LoggingConfigurable):
         help="Shut down kernels idle for this many seconds on the remote server (0 = never).",
     ).tag(config=True)
 
-    log_tail_lines = Int(
-        40, help="How many output lines of a failed step its error keeps."
-    ).tag(config=True)
+    log_tail_lines = Int(40, help="How many output lines of a failed step its error keeps.").tag(
+        config=True
+    )
 
     # -- defaults and validation ----------------------------------------------------------------
 
@@ -598,9 +598,7 @@ class Provisioner(LoggingConfigurable):
                     sftp.putfo(io.BytesIO(data), f"{stage}/{name}", confirm=True)
                     sftp.chmod(f"{stage}/{name}", 0o600)
             except _TRANSPORT_ERRORS as err:
-                raise ProvisionError(
-                    "upload", f"Could not upload the setup files: {err}"
-                ) from None
+                raise ProvisionError("upload", f"Could not upload the setup files: {err}") from None
             try:
                 return conn.run(command, on_line=output.feed, timeout=self.script_timeout)
             except SSHError as err:

@@ -155,12 +155,16 @@ def resolve_host(
     user = user or entry.get("user") or default_user
     identity = tuple(os.path.expanduser(p) for p in entry.get("identityfile", []))
     jump_text = entry.get("proxyjump", "") or ""
-    hops = () if jump_text.lower() in ("", "none") else tuple(
-        h.strip() for h in jump_text.split(",") if h.strip()
+    hops = (
+        ()
+        if jump_text.lower() in ("", "none")
+        else tuple(h.strip() for h in jump_text.split(",") if h.strip())
     )
     known = entry.get("userknownhostsfile", "")
-    known_files = tuple(os.path.expanduser(p) for p in known.split()) if known else (
-        os.path.expanduser("~/.ssh/known_hosts"),
+    known_files = (
+        tuple(os.path.expanduser(p) for p in known.split())
+        if known
+        else (os.path.expanduser("~/.ssh/known_hosts"),)
     )
     return HostSpec(alias, hostname, port, user, identity, hops, known_files)
 
@@ -614,4 +618,3 @@ __all__ = [
     "public_key",
     "resolve_host",
 ]
-
