@@ -25,6 +25,7 @@ import { ACTION_LABELS, canDo } from './instances';
 import { EC2Model } from './model';
 import { InstanceNotifier } from './notifications';
 import { createPanel, EC2Panel, PANEL_TITLE } from './panel';
+import { PreflightModel } from './preflight';
 import { APIError } from './request';
 import {
   CommandIDs,
@@ -182,7 +183,8 @@ export function addCommands(
   app: JupyterFrontEnd,
   model: EC2Model,
   tracker: PanelTracker,
-  notifier: InstanceNotifier
+  notifier: InstanceNotifier,
+  preflight?: PreflightModel
 ): void {
   const { commands, shell } = app;
 
@@ -263,7 +265,8 @@ export function addCommands(
         widget = createPanel({
           model,
           commands,
-          launch: request => launch(request, true)
+          launch: request => launch(request, true),
+          preflight
         });
         void tracker.add(widget);
         shell.add(widget, 'main');

@@ -19,6 +19,7 @@ import { profileTiles } from './launcher';
 import { EC2Model } from './model';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
 import { profilePaletteItems } from './palette';
+import { addPreflightCommand, PreflightModel } from './preflight';
 import {
   CATEGORY,
   CommandIDs,
@@ -58,7 +59,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
         }
       }
     });
-    addCommands(app, model, tracker, notifier);
+    // "Check setup": checked once at start, again from the palette or the banner.
+    const preflight = new PreflightModel({
+      serverSettings: app.serviceManager.serverSettings
+    });
+    addCommands(app, model, tracker, notifier, preflight);
+    addPreflightCommand(app, preflight, palette);
+    void preflight.check();
     new ErrorNotifier(model);
 
     if (launcher) {
