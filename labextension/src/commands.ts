@@ -228,6 +228,14 @@ export function addCommands(
       notifier.showProgressIn(instance.id, notification);
       return instance;
     } catch (error) {
+      if (
+        preflight &&
+        error instanceof APIError &&
+        error.message.includes('Check setup')
+      ) {
+        // The server named a preflight check: show its banner with the fix.
+        void preflight.check(true);
+      }
       if (!(fromForm && error instanceof APIError && error.status === 400)) {
         const { message, actions } = errorNotice(
           `Could not launch ${label}`,
