@@ -533,3 +533,43 @@ def test_jupyter_ec2_doctor_exits_zero_when_all_is_well_and_non_zero_on_a_failur
     body = json.loads(done.stdout)
     failed = [c for c in body["checks"] if not c["ok"]]
     assert [c["name"] for c in failed] == ["ssh_client"] and "openssh" in failed[0]["fix"].lower()
+
+
+def test_simulator_answers_what_a_dry_run_could_not_tell(jp_ec2_cloud):
+    """moto has no IAM policy simulator, so this test gives the probe one (a fake, in-process)
+    that denies StopInstances, and makes EC2's dry run of StopInstances inconclusive as real
+    AWS may on a placeholder id; everything else is the simulated cloud's real answer."""
+    from jupyter_ec2.aws_preflight import AccountProbe
+
+    class SimulatingProbe(AccountProbe):
+        asked: list[str] = []
+
+        def identity(self, region):
+            real = super().identity(region)
+            return type(real)(account=real.account, arn="arn:aws:iam::123456789012:user/alice")
+
+        def dry_runs(self, ctx):
+            answers = super().dry_runs(ctx)
+            return [
+                ActionProbe(a.action, "unknown", "dry-run", code="InvalidInstanceID.NotFound")
+                if a.action == "ec2:StopInstances"
+                else a
+                for a in answers
+            ]
+
+        def simulate(self, region, principal_arn, actions):
+            self.asked = list(actions)
+            return {a: "denied" if a == "ec2:StopInstances" else "allowed" for a in actions}, None
+
+    # Given a preflight whose simulator denies ec2:StopInstances
+    preflight = make_preflight(jp_ec2_cloud)
+    preflight.probe = SimulatingProbe(preflight.backend)
+    # When the checks run
+    report = preflight.report()
+    # Then the simulator was asked only what the dry runs could not tell, and its denial fails
+    assert "ec2:StopInstances" in preflight.probe.asked
+    assert "ec2:RunInstances" not in preflight.probe.asked
+    assert failing(report) == ["permissions"]
+    check = report.check("permissions")
+    assert "ec2:StopInstances" in check.fix
+    assert "ec2:StopInstances: denied (simulator)" in check.details
