@@ -107,5 +107,13 @@ def test_banner_shows_the_quota_fix_and_the_gpu_profile_is_disabled(
     # And the CPU profile can still be launched (its button is enabled); nothing was launched
     page.get_by_test_id("ec2-profile-cpu").click()
     expect(form.locator('[data-action="launch"]')).to_be_enabled()
+    # When a launch asks for an instance type the region does not offer
+    form.locator('input[name="instance_type"]').fill("x8aedz.large")
+    form.locator('[data-action="launch"]').click()
+    # Then the refusal beside the field points back to the region check
+    error = form.locator('[data-error-for="overrides.instance_type"]')
+    expect(error).to_contain_text("not offered")
+    expect(error).to_contain_text("'region' check in Check setup")
+    # And nothing was launched
     ec2 = jp_ec2_session_cloud.client("ec2")
     assert ec2.describe_instances()["Reservations"] == []
