@@ -66,7 +66,7 @@ TAG_NAME = "Name"
 
 SSH_PORT = 22
 #: Rule descriptions mark which ingress rules the extension made, and why.
-AUTO_RULE_DESCRIPTION = "jupyter-ec2 auto: this machine's public address"
+AUTO_RULE_DESCRIPTION = "jupyter-ec2 auto: the public address of this machine"
 CONFIGURED_RULE_DESCRIPTION = "jupyter-ec2 configured: ssh_cidrs"
 SECURITY_GROUP_DESCRIPTION = "jupyter-ec2: SSH from this machine only (managed; edits are undone)"
 

@@ -4,6 +4,11 @@ moto runs in server mode inside this process, so clients talk to it over real HT
 (exactly as the extension talks to AWS) while the harness can still reach moto's EC2 backend
 in-process, e.g. to hold an instance in ``pending`` while it "boots".
 
+Clients reach moto through a :class:`~.strict.StrictFront` (:attr:`SimulatedCloud.endpoint_url`):
+requests are checked against the limits AWS documents and new instances can lag behind in
+describes, as on EC2. The harness's own view (:meth:`SimulatedCloud.client`, used by the instance
+hosts and by tests to look at the cloud) goes to moto directly and sees the truth.
+
 moto reads its switches when its modules are imported (``moto.settings`` reads the validation
 flags, ``moto.ec2.models.amis`` reads ``MOTO_AMIS_PATH``); :meth:`SimulatedCloud.start` sets the
 environment first and also patches those module globals in case moto was imported earlier.
@@ -25,12 +30,18 @@ from typing import Any
 
 from . import account
 from .images import ubuntu_images, write_amis_file
+from .strict import StrictFront
 
 DUMMY_ACCESS_KEY_ID = "testing"
 """The access key id every harness client uses; moto accepts any."""
 
 DUMMY_SECRET_ACCESS_KEY = "testing"  # noqa: S105 - a dummy for the simulated cloud
 """The secret key every harness client uses; moto accepts any."""
+
+HARNESS_ACCESS_KEY_ID = "harness"
+"""The access key id of the harness's own clients (:meth:`SimulatedCloud.client`): moto's IAM
+enforcement never applies to it, so the instance hosts keep seeing the cloud while a test runs
+the extension as a restricted IAM user."""
 
 NO_PROXY = "127.0.0.1,localhost,::1"
 """Hosts a client may reach without the (closed) proxy."""
@@ -93,6 +104,7 @@ class SimulatedCloud:
         self._validation = validation
         self._server: Any = None
         self._port: int | None = None
+        self._front: StrictFront | None = None
         self._tmpdir: Path | None = None
         self._proxy: ClosedPort | None = None
         self._saved_environ: dict[str, str | None] = {}
@@ -128,6 +140,7 @@ class SimulatedCloud:
             )
             self._server.start()
             self._port = self._server.get_host_and_port()[1]
+            self._front = StrictFront(self._port).start()
             # Build the region's EC2 backend now (AMIs, default VPC), not in the first test.
             self.ec2_backend()
         except BaseException:
@@ -137,6 +150,9 @@ class SimulatedCloud:
 
     def stop(self) -> None:
         """Stop the server and restore the environment and moto globals it changed."""
+        if self._front is not None:
+            self._front.stop()
+            self._front = None
         if self._server is not None:
             try:
                 self._server.stop()
@@ -170,15 +186,41 @@ class SimulatedCloud:
 
     @property
     def port(self) -> int:
-        """The TCP port moto listens on."""
+        """The TCP port of the strict front, which clients talk to."""
+        return self.front.port
+
+    @property
+    def moto_port(self) -> int:
+        """The TCP port moto itself listens on (behind the front)."""
         if self._port is None:
             raise RuntimeError("The simulated cloud is not running; call start() first.")
         return self._port
 
     @property
+    def front(self) -> StrictFront:
+        """The strict, late front every client goes through."""
+        if self._front is None:
+            raise RuntimeError("The simulated cloud is not running; call start() first.")
+        return self._front
+
+    @property
     def endpoint_url(self) -> str:
-        """``http://127.0.0.1:<port>``: the endpoint of every AWS service."""
+        """``http://127.0.0.1:<port>`` of the strict front: the endpoint of every AWS service."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def moto_endpoint_url(self) -> str:
+        """``http://127.0.0.1:<port>`` of moto itself: no checks, no lag (the harness's view)."""
+        return f"http://127.0.0.1:{self.moto_port}"
+
+    def set_lag(self, seconds: float) -> None:
+        """Hide new or just-started instances from DescribeInstances for ``seconds`` (0: off).
+
+        While hidden, a describe by id answers ``InvalidInstanceID.NotFound`` and a describe
+        by filters leaves the instance out, as EC2 may shortly after RunInstances or a start.
+        The ``jp_ec2_cloud`` fixture sets it back to 0 before each test.
+        """
+        self.front.set_lag(seconds)
 
     @property
     def closed_proxy_url(self) -> str:
@@ -211,8 +253,19 @@ class SimulatedCloud:
             "no_proxy": NO_PROXY,
         }
 
-    def client(self, service: str = "ec2", region: str | None = None, **kwargs: Any) -> Any:
-        """A boto3 client for ``service`` on this cloud, with dummy credentials."""
+    def client(
+        self,
+        service: str = "ec2",
+        region: str | None = None,
+        *,
+        strict: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """A boto3 client for ``service`` on this cloud, with the harness's credentials.
+
+        By default it talks to moto directly (the truth: no checks, no lag, never refused by
+        IAM enforcement); ``strict=True`` sends it through the strict front like the extension.
+        """
         import boto3
         from botocore.config import Config
 
@@ -225,18 +278,21 @@ class SimulatedCloud:
                 proxies={},
             ),
         )
+        key = DUMMY_ACCESS_KEY_ID if strict else HARNESS_ACCESS_KEY_ID
         session = boto3.session.Session(
-            aws_access_key_id=DUMMY_ACCESS_KEY_ID,
+            aws_access_key_id=key,
             aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
             region_name=region or self.region,
         )
-        return session.client(service, endpoint_url=self.endpoint_url, **kwargs)
+        url = self.endpoint_url if strict else self.moto_endpoint_url
+        return session.client(service, endpoint_url=url, **kwargs)
 
     # -- state -------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget every resource (instances, key pairs, groups…); the image list stays."""
-        url = f"{self.endpoint_url}/moto-api/reset"  # always http://127.0.0.1:<port>
+        """Forget every resource (instances, key pairs, groups…); no lag; the image list stays."""
+        self.front.reset()
+        url = f"{self.moto_endpoint_url}/moto-api/reset"  # always http://127.0.0.1:<port>
         request = urllib.request.Request(url, method="POST")  # noqa: S310
         # An explicit empty ProxyHandler: the closed proxy in the environment must not apply.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -2,7 +2,10 @@
 
 - ``jp_ec2_cloud``: the session's :class:`SimulatedCloud` (started once, since moto's first
   request costs about a second), reset before each test, with its client environment applied
-  for the test (dummy credentials, ``AWS_ENDPOINT_URL``, the closed proxy).
+  for the test (dummy credentials, ``AWS_ENDPOINT_URL``, the closed proxy). Every client the
+  extension builds goes through the cloud's strict front (AWS's documented limits, refused with
+  AWS's errors); ``jp_ec2_cloud.set_lag(seconds)`` makes new or just-started instances lag behind
+  in describes, and the fixture sets the lag back to 0 before each test.
 - ``jp_ec2_hosts``: an :class:`InstanceHosts` for the test, closed afterwards (no sshd is left).
 - ``jp_ec2_ssh_config``: the path of that harness's ``ssh_config`` file.
 - ``jp_ec2_boot_delay`` and ``jp_ec2_login_user``: override these fixtures to change how

@@ -1,0 +1,482 @@
+"""The strict, late front of the simulated cloud: AWS's documented rules and EC2's lag, over moto.
+
+moto accepts what AWS refuses and is never late. :class:`StrictFront` is a small HTTP server on
+127.0.0.1 that sits between every client and the in-process moto server (``endpoint_url`` and
+``AWS_ENDPOINT_URL`` point at it). For each EC2 request it:
+
+- checks the parameters against :data:`RULES`, the limits AWS documents for the calls the
+  project makes (one row per rule, each with the AWS documentation page it comes from), and
+  refuses a request that breaks one with AWS's own error code and message, in EC2's XML error
+  format, before moto sees it;
+- in *lag* mode (:meth:`StrictFront.set_lag`) hides an instance for a while after
+  ``RunInstances`` or ``StartInstances``: ``DescribeInstances`` leaves it out, and a describe by
+  id answers ``InvalidInstanceID.NotFound``, as EC2's eventual consistency does.
+
+Everything else passes through unchanged (moto's own answers, every other service). The rule
+table is data: a rule names the actions it applies to, the query parameters it reads (a regular
+expression over the names of EC2's query protocol, such as ``TagSpecification.1.Tag.2.Key``), a
+predicate on the value, and the error to answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import http.client
+import logging
+import re
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET  # noqa: S405 - parses moto's own answers only
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+from xml.sax.saxutils import escape
+
+log = logging.getLogger(__name__)
+
+# -- the rules ------------------------------------------------------------------------------------
+
+#: The characters AWS allows in security-group names, descriptions and rule descriptions.
+_SG_TEXT = re.compile(r"^[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]*$")
+
+_DOC = "https://docs.aws.amazon.com/AWSEC2/latest/APIReference"
+_RULE_DESCRIPTION_ACTIONS = frozenset(
+    {
+        "AuthorizeSecurityGroupIngress",
+        "AuthorizeSecurityGroupEgress",
+        "UpdateSecurityGroupRuleDescriptionsIngress",
+        "UpdateSecurityGroupRuleDescriptionsEgress",
+    }
+)
+_EVERY_ACTION = frozenset({"*"})
+
+
+def _sg_text(value: str) -> bool:
+    return len(value) <= 255 and bool(_SG_TEXT.match(value))
+
+
+def _user_data_size(value: str) -> bool:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) <= 16 * 1024
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One documented AWS limit: where it applies, what it allows and what AWS answers."""
+
+    name: str
+    actions: frozenset[str]
+    param: re.Pattern[str]
+    allowed: Callable[[str], bool]
+    code: str
+    message: str  # formatted with {value} and {param}
+    source: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "security group rule description",
+        _RULE_DESCRIPTION_ACTIONS,
+        re.compile(
+            r"^IpPermissions\.\d+\.(IpRanges|Ipv6Ranges|UserIdGroupPairs|PrefixListIds)"
+            r"\.\d+\.Description$"
+        ),
+        _sg_text,
+        "InvalidParameterValue",
+        "Invalid rule description. Valid descriptions are strings less than 256 characters from "
+        "the following set:  a-zA-Z0-9. _-:/()#,@[]+=&;{{}}!$*",
+        f"{_DOC}/API_IpRange.html",
+    ),
+    Rule(
+        "security group description",
+        frozenset({"CreateSecurityGroup"}),
+        re.compile(r"^GroupDescription$"),
+        _sg_text,
+        "InvalidParameterValue",
+        "Value ({value}) for parameter GroupDescription is invalid. Valid descriptions are "
+        "strings less than 256 characters from the following set:  a-zA-Z0-9. "
+        "_-:/()#,@[]+=&;{{}}!$*",
+        f"{_DOC}/API_CreateSecurityGroup.html",
+    ),
+    Rule(
+        "security group name",
+        frozenset({"CreateSecurityGroup"}),
+        re.compile(r"^GroupName$"),
+        lambda v: _sg_text(v) and len(v) > 0 and not v.lower().startswith("sg-"),
+        "InvalidParameterValue",
+        "Value ({value}) for parameter GroupName is invalid. Group names may not be empty, may "
+        "not start with sg-, and are up to 255 characters from a-zA-Z0-9. _-:/()#,@[]+=&;{{}}!$*",
+        f"{_DOC}/API_CreateSecurityGroup.html",
+    ),
+    Rule(
+        "tag key length",
+        _EVERY_ACTION,
+        re.compile(r"^(TagSpecification\.\d+\.)?Tag\.\d+\.Key$"),
+        lambda v: 1 <= len(v) <= 127,
+        "InvalidParameterValue",
+        "Tag key exceeds the maximum length of 127 characters",
+        f"{_DOC}/API_Tag.html",
+    ),
+    Rule(
+        "tag key prefix aws:",
+        _EVERY_ACTION,
+        re.compile(r"^(TagSpecification\.\d+\.)?Tag\.\d+\.Key$"),
+        lambda v: not v.lower().startswith("aws:"),
+        "InvalidParameterValue",
+        "Value ( {value} ) for parameter key is invalid. Tag keys starting with 'aws:' are "
+        "reserved for internal use",
+        f"{_DOC}/API_Tag.html",
+    ),
+    Rule(
+        # The API reference says 256, the EC2 user guide 255: the stricter one is checked.
+        "tag value length",
+        _EVERY_ACTION,
+        re.compile(r"^(TagSpecification\.\d+\.)?Tag\.\d+\.Value$"),
+        lambda v: len(v) <= 255,
+        "InvalidParameterValue",
+        "Tag value exceeds the maximum length of 255 characters",
+        "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions",
+    ),
+    Rule(
+        "client token",
+        _EVERY_ACTION,
+        re.compile(r"^ClientToken$"),
+        lambda v: 0 < len(v) <= 64 and v.isascii(),
+        "InvalidParameterValue",
+        "Value ({value}) for parameter clientToken is invalid. The client token must be at most "
+        "64 ASCII characters.",
+        "https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html",
+    ),
+    Rule(
+        "user data size",
+        frozenset({"RunInstances"}),
+        re.compile(r"^UserData$"),
+        _user_data_size,
+        "InvalidParameterValue",
+        "User data is limited to 16384 bytes",
+        f"{_DOC}/API_RunInstances.html",
+    ),
+    Rule(
+        "key pair name",
+        frozenset({"ImportKeyPair", "CreateKeyPair"}),
+        re.compile(r"^KeyName$"),
+        lambda v: 0 < len(v) <= 255 and v.isascii(),
+        "InvalidParameterValue",
+        "Value ({value}) for parameter KeyName is invalid. Key pair names are up to 255 ASCII "
+        "characters.",
+        f"{_DOC}/API_ImportKeyPair.html",
+    ),
+)
+
+#: Tags one request may put on one resource type (user tags; ``aws:`` ones do not count).
+MAX_TAGS_PER_RESOURCE = 50
+TAG_LIMIT_SOURCE = (
+    "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions"
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request the front refused: the rule, AWS's code and message, the parameter."""
+
+    action: str
+    rule: str
+    code: str
+    message: str
+    param: str
+
+
+def check_request(action: str, params: Mapping[str, str]) -> Refusal | None:
+    """The first rule an EC2 request breaks, or None (pure; ``params`` are the query fields)."""
+    for name, value in params.items():
+        for rule in RULES:
+            if "*" not in rule.actions and action not in rule.actions:
+                continue
+            if rule.param.match(name) and not rule.allowed(value):
+                shown = value if len(value) <= 80 else value[:77] + "..."
+                return Refusal(
+                    action, rule.name, rule.code, rule.message.format(value=shown, param=name), name
+                )
+    counts: dict[str, int] = {}
+    for name in params:
+        match = re.match(r"^(TagSpecification\.\d+\.)?Tag\.\d+\.Key$", name)
+        if match:
+            counts[match.group(1) or ""] = counts.get(match.group(1) or "", 0) + 1
+    for prefix, count in counts.items():
+        if count > MAX_TAGS_PER_RESOURCE:
+            return Refusal(
+                action,
+                "tags per resource",
+                "TagLimitExceeded",
+                f"The maximum number of tags per resource is {MAX_TAGS_PER_RESOURCE}.",
+                f"{prefix}Tag",
+            )
+    return None
+
+
+def ec2_error_xml(code: str, message: str) -> bytes:
+    """An error answer in EC2's XML format (what botocore's EC2 parser reads)."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Errors><Error><Code>{escape(code)}</Code>"
+        f"<Message>{escape(message)}</Message></Error></Errors>"
+        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+
+
+def _service_of(headers: Mapping[str, str]) -> str:
+    """The service a SigV4-signed request is for (``ec2``, ``iam``, ``pricing``…), or ''."""
+    auth = headers.get("Authorization") or ""
+    match = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request", auth)
+    return match.group(1) if match else ""
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(node: ET.Element, name: str) -> list[ET.Element]:
+    return [child for child in node if _local(child.tag) == name]
+
+
+def _instance_ids_in_run_answer(body: bytes) -> list[str]:
+    try:
+        root = ET.fromstring(body)  # noqa: S314 - moto's answer on loopback
+    except ET.ParseError:
+        return []
+    return [node.text or "" for node in root.iter() if _local(node.tag) == "instanceId"]
+
+
+def _without_instances(body: bytes, hidden: set[str]) -> bytes:
+    """A DescribeInstances answer with the hidden instances (and emptied reservations) removed."""
+    root = ET.fromstring(body)  # noqa: S314 - moto's answer on loopback
+    for reservation_set in _children(root, "reservationSet"):
+        for reservation in list(reservation_set):
+            for instances in _children(reservation, "instancesSet"):
+                for item in list(instances):
+                    ids = [c.text for c in item if _local(c.tag) == "instanceId"]
+                    if ids and ids[0] in hidden:
+                        instances.remove(item)
+                if len(instances) == 0:
+                    reservation_set.remove(reservation)
+                    break
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+# -- the front ------------------------------------------------------------------------------------
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+
+
+class StrictFront:
+    """An HTTP front on 127.0.0.1 that checks EC2 requests and plays EC2's lag, over moto."""
+
+    def __init__(self, upstream_port: int):
+        self._upstream_port = upstream_port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._lag = 0.0
+        self._hidden_until: dict[str, float] = {}
+        self._refusals: list[Refusal] = []
+        #: Called with (access key id, action, params) before a request passes; may answer an
+        #: error (code, message, HTTP status) instead. The IAM checks of the harness use it.
+        self.authorizer: Callable[[str, str, Mapping[str, str]], tuple[str, str, int] | None]
+        self.authorizer = lambda key, action, params: None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> StrictFront:
+        """Listen on a free 127.0.0.1 port (returns at once; requests are served in threads)."""
+        front = self
+
+        class Handler(_FrontHandler):
+            owner = front
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="jupyter-ec2-strict-front", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    @property
+    def port(self) -> int:
+        """The port clients talk to."""
+        if self._server is None:
+            raise RuntimeError("The strict front is not running.")
+        return self._server.server_address[1]
+
+    # -- what tests change -------------------------------------------------------------------
+
+    def set_lag(self, seconds: float) -> None:
+        """Hide instances from describes for ``seconds`` after a run or start (0: no lag).
+
+        Instances already hidden stay hidden until their own deadline; setting 0 shows them.
+        """
+        if seconds < 0:
+            raise ValueError("The lag is a number of seconds ≥ 0.")
+        with self._lock:
+            self._lag = float(seconds)
+            if not seconds:
+                self._hidden_until.clear()
+
+    @property
+    def lag(self) -> float:
+        """The current lag in seconds."""
+        return self._lag
+
+    def reset(self) -> None:
+        """No lag, nothing hidden, no refusals recorded, no authorizer."""
+        with self._lock:
+            self._lag = 0.0
+            self._hidden_until.clear()
+            self._refusals.clear()
+        self.authorizer = lambda key, action, params: None
+
+    @property
+    def refusals(self) -> list[Refusal]:
+        """Every request refused by a rule since the last reset, oldest first."""
+        with self._lock:
+            return list(self._refusals)
+
+    # -- what the handler calls --------------------------------------------------------------
+
+    def _record(self, refusal: Refusal) -> None:
+        with self._lock:
+            self._refusals.append(refusal)
+        log.info("Strict front refused %s (%s): %s", refusal.action, refusal.rule, refusal.message)
+
+    def _hide(self, instance_ids: list[str]) -> None:
+        with self._lock:
+            if self._lag <= 0:
+                return
+            until = time.monotonic() + self._lag
+            for instance_id in instance_ids:
+                self._hidden_until[instance_id] = until
+
+    def _hidden(self) -> set[str]:
+        now = time.monotonic()
+        with self._lock:
+            for instance_id in [i for i, t in self._hidden_until.items() if t <= now]:
+                del self._hidden_until[instance_id]
+            return set(self._hidden_until)
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    """One connection to the front; each request is checked, then passed on or refused."""
+
+    owner: StrictFront
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        log.debug("strict front: " + format, *args)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._handle()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle()
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle()
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._handle()
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k: v for k, v in self.headers.items()}
+        front = self.owner
+        action = ""
+        params: dict[str, str] = {}
+        if _service_of(headers) == "ec2" and self.command == "POST":
+            params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            action = params.get("Action", "")
+        if action:
+            refusal = check_request(action, params)
+            if refusal is not None:
+                front._record(refusal)
+                self._answer(400, ec2_error_xml(refusal.code, refusal.message))
+                return
+            access_key = re.search(r"Credential=([^/]+)/", headers.get("Authorization") or "")
+            denied = front.authorizer(access_key.group(1) if access_key else "", action, params)
+            if denied is not None:
+                code, message, status = denied
+                self._answer(status, ec2_error_xml(code, message))
+                return
+            if action == "DescribeInstances":
+                hidden = front._hidden()
+                asked = [v for k, v in params.items() if re.match(r"^InstanceId\.\d+$", k)]
+                missing = [i for i in asked if i in hidden]
+                if missing:
+                    self._answer(
+                        400, ec2_error_xml("InvalidInstanceID.NotFound", _not_found(missing))
+                    )
+                    return
+        status, reply_headers, reply = self._forward(body, headers)
+        if action and status == 200:
+            if action == "RunInstances":
+                front._hide(_instance_ids_in_run_answer(reply))
+            elif action == "StartInstances":
+                front._hide([v for k, v in params.items() if re.match(r"^InstanceId\.\d+$", k)])
+            elif action == "DescribeInstances":
+                hidden = front._hidden()
+                if hidden:
+                    reply = _without_instances(reply, hidden)
+        self._answer(status, reply, reply_headers)
+
+    def _forward(self, body: bytes, headers: dict[str, str]) -> tuple[int, list, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.owner._upstream_port, timeout=120)
+        try:
+            # The Host header is passed as signed: moto checks signatures when IAM is enforced.
+            send = {k: v for k, v in headers.items() if k.lower() not in ("connection",)}
+            conn.request(self.command, self.path, body=body or None, headers=send)
+            response = conn.getresponse()
+            reply = response.read()
+            return response.status, response.getheaders(), reply
+        finally:
+            conn.close()
+
+    def _answer(self, status: int, body: bytes, headers: list | None = None) -> None:
+        self.send_response(status)
+        has_type = False
+        for name, value in headers or []:
+            if name.lower() in _HOP_BY_HOP:
+                continue
+            has_type = has_type or name.lower() == "content-type"
+            self.send_header(name, value)
+        if not has_type:
+            self.send_header("Content-Type", "text/xml;charset=UTF-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+def _not_found(ids: list[str]) -> str:
+    if len(ids) == 1:
+        return f"The instance ID '{ids[0]}' does not exist"
+    return f"The instance IDs '{', '.join(ids)}' do not exist"
