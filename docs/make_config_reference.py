@@ -33,6 +33,8 @@ def configurables() -> list[type]:
 def _default(trait) -> str:
     if trait.name in ("state_dir", "owner_id"):
         return "computed for this user and machine"
+    if trait.name == "region":
+        return "from the AWS environment, else `'us-east-1'`"
     if isinstance(trait, Type):
         value = trait.default_value
         return f"`{value if isinstance(value, str) else value.__module__ + '.' + value.__name__}`"

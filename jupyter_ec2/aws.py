@@ -38,11 +38,13 @@ from traitlets.traitlets import TraitError
 
 from ._version import __version__
 from .errors import (
+    PERMISSION_CODES,
     CloudError,
     ConflictError,
     EC2LauncherError,
     NotFoundError,
     ValidationError,
+    permission_denied,
 )
 from .keys import KeyMaterial, fingerprint_sha256, generate_ed25519, public_key_blob
 from .models import (
@@ -66,6 +68,7 @@ TAG_NAME = "Name"
 
 SSH_PORT = 22
 #: Rule descriptions mark which ingress rules the extension made, and why.
+#: AWS allows only a-zA-Z0-9, space and ._-:/()#,@[]+=&;{}!$* here (no apostrophe).
 AUTO_RULE_DESCRIPTION = "jupyter-ec2 auto: the public address of this machine"
 CONFIGURED_RULE_DESCRIPTION = "jupyter-ec2 configured: ssh_cidrs"
 SECURITY_GROUP_DESCRIPTION = "jupyter-ec2: SSH from this machine only (managed; edits are undone)"
@@ -672,7 +675,6 @@ _CREDENTIALS_HELP = (
 )
 _AUTH_CODES = {
     "AuthFailure",
-    "UnauthorizedOperation",
     "InvalidClientTokenId",
     "ExpiredToken",
     "RequestExpired",
@@ -682,7 +684,7 @@ _AUTH_CODES = {
 _NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 
 
-def translate_client_error(err: Any, *, action: str) -> EC2LauncherError:
+def translate_client_error(err: Any, *, action: str, service: str = "ec2") -> EC2LauncherError:
     """A domain error for a botocore ``ClientError`` (pure: it only reads ``err.response``)."""
     info = (getattr(err, "response", None) or {}).get("Error") or {}
     code = str(info.get("Code") or "Unknown")
@@ -708,6 +710,14 @@ def translate_client_error(err: Any, *, action: str) -> EC2LauncherError:
     if code == "IncorrectInstanceState":
         return ConflictError(
             f"Could not {action} in its current state ({code}): {message}", code=code
+        )
+    if code in PERMISSION_CODES:
+        return permission_denied(
+            str(getattr(err, "operation_name", "") or ""),
+            service,
+            str(info.get("Message") or ""),
+            action=action,
+            code=code,
         )
     if code in _AUTH_CODES:
         return CloudError(
@@ -807,9 +817,10 @@ class EC2Backend(LoggingConfigurable):
     """
 
     region = Unicode(
-        "us-east-1",
         help="""The AWS region profiles launch in unless they name their own; it must be a real EC2
-        region such as 'us-east-1' or 'eu-central-1'.""",
+        region of the commercial AWS partition such as 'us-east-1' or 'eu-central-1'. Default:
+        AWS_REGION, else AWS_DEFAULT_REGION, else the region of the AWS profile, else
+        'us-east-1'.""",
     ).tag(config=True)
 
     aws_profile = Unicode(
@@ -882,6 +893,35 @@ class EC2Backend(LoggingConfigurable):
         super().__init__(**kwargs)
 
     # -- trait defaults and checks ------------------------------------------------------------
+
+    @default("region")
+    def _default_region(self) -> str:
+        """AWS_REGION, AWS_DEFAULT_REGION, the AWS profile's own region, then us-east-1."""
+        candidates = [
+            ("AWS_REGION", os.environ.get("AWS_REGION")),
+            ("AWS_DEFAULT_REGION", os.environ.get("AWS_DEFAULT_REGION")),
+            ("the AWS profile's region", self._profile_region()),
+        ]
+        for source, value in candidates:
+            if not value:
+                continue
+            try:
+                return validate_region(value.strip())
+            except ValidationError as err:
+                self.log.warning("Ignoring %s: %s", source, err.message)
+        return "us-east-1"
+
+    def _profile_region(self) -> str | None:
+        """The ``region`` of the AWS profile (aws_profile, AWS_PROFILE or default) in ~/.aws."""
+        import botocore.session
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            session = botocore.session.Session(profile=self.aws_profile or None)
+            value = session.get_scoped_config().get("region")
+        except (BotoCoreError, OSError, ValueError):
+            return None
+        return value if isinstance(value, str) else None
 
     @default("owner_id")
     def _default_owner_id(self) -> str:
@@ -1032,9 +1072,11 @@ class EC2Backend(LoggingConfigurable):
                 if hit and time.monotonic() - hit[0] < IMAGE_CACHE_SECONDS:
                     return hit[1]
             with self._aws("find the Ubuntu image", region):
-                images = ec2.describe_images(
+                # Canonical publishes many images a month: the answer may come in pages.
+                pages = ec2.get_paginator("describe_images").paginate(
                     Owners=[CANONICAL_OWNER_ID], Filters=image_filters(ami, architecture)
-                ).get("Images", [])
+                )
+                images = [image for page in pages for image in page.get("Images", [])]
             image = newest_image(images)
             if image is None:
                 raise ValidationError(
@@ -1127,8 +1169,9 @@ class EC2Backend(LoggingConfigurable):
         headers = {"User-Agent": f"jupyter-ec2/{__version__}"}
         request = urllib.request.Request(url, headers=headers)  # noqa: S310
         try:
-            # A new opener per call reads the proxy variables as they are now.
-            opener = urllib.request.build_opener()
+            # Never through a proxy (HTTP(S)_PROXY): the service would see the proxy's address,
+            # and port 22 would open to the proxy instead of this machine.
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
             with opener.open(request, timeout=self.caller_ip_timeout) as resp:
                 body = resp.read(100)
         except (urllib.error.URLError, OSError, ValueError) as err:

@@ -67,3 +67,65 @@ class SSHError(EC2LauncherError):
 
 class HostKeyMismatchError(SSHError):
     """The host answered with a key other than the one pinned at launch."""
+
+
+#: The IAM actions an AWS operation needs besides its own: tags put on what it creates
+#: (``ec2:CreateTags`` with ``ec2:CreateAction``), and the first spot launch of an account
+#: creating EC2's spot service-linked role.
+ALSO_NEEDED = {
+    "RunInstances": ("ec2:CreateTags", "iam:CreateServiceLinkedRole"),
+    "CreateSecurityGroup": ("ec2:CreateTags",),
+    "ImportKeyPair": ("ec2:CreateTags",),
+}
+
+#: AWS error codes that mean "these credentials may not do this".
+PERMISSION_CODES = frozenset(
+    {
+        "UnauthorizedOperation",
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedAccess",
+        "AuthFailure.ServiceLinkedRoleCreationNotPermitted",
+    }
+)
+
+
+class PermissionDeniedError(CloudError):
+    """AWS refused an action to these credentials; ``actions`` are the IAM actions it needs."""
+
+    def __init__(self, message: str, *, code: str, actions: tuple[str, ...]):
+        super().__init__(message, code=code)
+        self.actions = actions
+
+
+def permission_denied(
+    operation: str, service: str, aws_message: str, *, action: str, code: str
+) -> PermissionDeniedError:
+    """The error for a refused call, naming the IAM action the call needed in plain words.
+
+    EC2 usually answers only with an encoded authorization message, so the action is taken
+    from the call that failed (``RunInstances`` → ``ec2:RunInstances``); an action AWS does
+    name in its message ("not authorized to perform: ec2:CreateTags") comes first.
+    """
+    import re
+
+    needed = f"{service}:{operation}" if operation else ""
+    named = re.search(r"not authorized to perform:? ([a-z0-9-]+:[A-Za-z0-9]+)", aws_message)
+    first = named.group(1) if named else needed
+    if code == "AuthFailure.ServiceLinkedRoleCreationNotPermitted":
+        # EC2's own word for a first spot launch that may not create its service-linked role.
+        first = "iam:CreateServiceLinkedRole"
+    others = tuple(a for a in (needed, *ALSO_NEEDED.get(operation, ())) if a and a != first)
+    actions = (first, *others) if first else others
+    text = (
+        f"AWS refused to {action} ({code}): the IAM policy of these AWS credentials does not "
+        f"allow {first or 'this call'}"
+    )
+    also = [a for a in others if a != needed] if first == needed else list(others)
+    if also:
+        text += f" (this call may also need {', '.join(also)})"
+    text += (
+        ". Add the missing permission to the IAM user or role; docs/iam-policy.json lists "
+        "every permission jupyter-ec2 needs."
+    )
+    return PermissionDeniedError(text, code=code, actions=actions)

@@ -120,7 +120,33 @@ def validate_region(value: Any) -> str:
         raise ValidationError(
             "region", f"region {value!r} is not an EC2 region; pick one such as 'us-east-1'."
         )
+    partition = ec2_region_partitions().get(value, "aws")
+    if partition not in SUPPORTED_PARTITIONS:
+        raise ValidationError(
+            "region",
+            f"region {value!r} is in the {_PARTITION_NAMES.get(partition, partition)} partition, "
+            "which jupyter-ec2 does not support (Canonical's image owner, endpoints and ARNs "
+            "differ there); pick a region of the commercial AWS partition such as 'us-east-1'.",
+        )
     return value
+
+
+#: The AWS partitions jupyter-ec2 launches in (see docs/security.md, "AWS partitions").
+SUPPORTED_PARTITIONS = ("aws",)
+_PARTITION_NAMES = {"aws-cn": "AWS China", "aws-us-gov": "AWS GovCloud (US)"}
+
+
+@functools.lru_cache(maxsize=1)
+def ec2_region_partitions() -> dict[str, str]:
+    """Every EC2 region botocore knows → its partition (``aws``, ``aws-cn``, ``aws-us-gov``…)."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    return {
+        region: partition
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("ec2", partition_name=partition)
+    }
 
 
 def validate_instance_type(value: Any) -> str:
@@ -181,8 +207,8 @@ def validate_tags(value: Any) -> dict[str, str]:
     for key, val in value.items():
         if not isinstance(key, str) or not isinstance(val, str):
             raise ValidationError("tags", "Tag names and values must be strings.")
-        if not 1 <= len(key) <= 128 or len(val) > 256:
-            raise ValidationError("tags", f"Tag {key!r:.40} is too long (name ≤ 128, value ≤ 256).")
+        if not 1 <= len(key) <= 127 or len(val) > 255:  # EC2's limits (strict front: RULES)
+            raise ValidationError("tags", f"Tag {key!r:.40} is too long (name ≤ 127, value ≤ 255).")
         if key.lower().startswith(("aws:", "jupyter-ec2:")) or key == "Name":
             raise ValidationError("tags", f"Tag name {key!r} is reserved.")
         if not _TAG_CHARS.match(key) or not _TAG_CHARS.match(val):

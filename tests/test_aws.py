@@ -689,3 +689,133 @@ def test_host_key_can_be_recovered_from_user_data(backend, store):
 
     # Then it is the key the instance was launched with
     assert recovered == pinned
+
+
+# -- what only real AWS would show (issue 11) ----------------------------------------------------
+
+
+def test_every_description_the_backend_sends_passes_aws_rules():
+    # Given the descriptions the backend puts on its group and rules
+    from jupyter_ec2.testing.strict import check_request
+
+    fields = {
+        "GroupDescription": aws.SECURITY_GROUP_DESCRIPTION,
+        "IpPermissions.1.IpRanges.1.Description": aws.AUTO_RULE_DESCRIPTION,
+        "IpPermissions.1.IpRanges.2.Description": aws.CONFIGURED_RULE_DESCRIPTION,
+    }
+    # Then AWS's documented character set admits every one (an apostrophe would not pass)
+    assert check_request("CreateSecurityGroup", fields) is None
+    assert check_request("AuthorizeSecurityGroupIngress", fields) is None
+
+
+def test_default_ssh_rule_is_accepted_by_the_strict_cloud(backend, ec2, jp_ec2_cloud):
+    # Given the default ssh_cidrs ("auto") / When an instance is launched through the front
+    result = backend.launch(profile())
+    # Then the auto rule exists, with a description AWS accepts, and nothing was refused
+    [group] = ec2.describe_security_groups(GroupIds=[result.security_group_id])["SecurityGroups"]
+    [perm] = group["IpPermissions"]
+    assert perm["IpRanges"] == [
+        {"CidrIp": f"{FIRST_IP}/32", "Description": aws.AUTO_RULE_DESCRIPTION}
+    ]
+    assert jp_ec2_cloud.front.refusals == []
+
+
+@pytest.mark.parametrize("region", ["cn-north-1", "cn-northwest-1", "us-gov-west-1"])
+def test_partition_regions_are_refused_with_a_clear_message(jp_ec2_cloud, store, region):
+    # Given a region of another AWS partition
+    # When it is configured or named by a profile / Then it is refused before any AWS call
+    with pytest.raises(TraitError) as trait_err:
+        EC2Backend(region=region)
+    assert "partition" in str(trait_err.value)
+    backend = EC2Backend(endpoint_url=jp_ec2_cloud.endpoint_url, store=store)
+    with pytest.raises(ValidationError) as err:
+        backend.launch(profile(region=region))
+    assert err.value.field == "region"
+    assert "commercial AWS partition" in err.value.message
+
+
+def test_tag_keys_follow_ec2_limits():
+    # Given EC2's limits: keys up to 127 characters, values up to 255
+    from jupyter_ec2.models import validate_tags
+
+    assert validate_tags({"k" * 127: "v" * 255})
+    # Then one more character in either is refused at validation, naming the field
+    for bad in ({"k" * 128: "v"}, {"k": "v" * 256}):
+        with pytest.raises(ValidationError) as err:
+            validate_tags(bad)
+        assert err.value.field == "tags"
+
+
+class LyingProxy(CallerIPService):
+    """An HTTP proxy on 127.0.0.1 that answers every request with its own address."""
+
+
+def test_caller_ip_lookup_ignores_http_proxies(backend, caller_ip, monkeypatch):
+    # Given a proxy in the environment that would answer with another address, for every host
+    proxy = LyingProxy()
+    proxy.answer = SECOND_IP
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        # When the caller's address is looked up
+        cidr = backend.fetch_caller_ip()
+    finally:
+        proxy.close()
+    # Then the service itself answered, not the proxy (SSH never opens to the proxy)
+    assert cidr == f"{FIRST_IP}/32"
+    assert proxy.requests == 0 and caller_ip.requests == 1
+
+
+def test_image_lookup_reads_every_page(backend, jp_ec2_cloud):
+    # Given an EC2 that answers the image query in two pages, the first one empty
+    asked_for_second_page = []
+
+    def params(params, **kwargs):
+        asked_for_second_page.append("NextToken" in params)
+
+    def split(parsed, **kwargs):
+        if not asked_for_second_page[-1]:
+            parsed["Images"] = []
+            parsed["NextToken"] = "page-2"
+
+    events = backend.client().meta.events
+    events.register("provide-client-params.ec2.DescribeImages", params)
+    events.register("after-call.ec2.DescribeImages", split)
+    # When an alias is resolved
+    image = backend.resolve_image("ubuntu-24.04", "x86_64")
+    # Then the image on the second page is found
+    assert image.image_id == newest_ubuntu("24.04", "x86_64")["ami_id"]
+    assert asked_for_second_page == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-central-1"}, "eu-west-1"),
+        ({"AWS_DEFAULT_REGION": "eu-central-1"}, "eu-central-1"),
+        ({}, "ap-south-1"),  # the profile's own region
+        ({"AWS_REGION": "cn-north-1"}, "ap-south-1"),  # an unsupported one is skipped
+    ],
+)
+def test_default_region_follows_the_aws_environment(
+    jp_ec2_cloud, monkeypatch, tmp_path, env, expected
+):
+    # Given an AWS config whose profile names a region, and some region variables
+    config = tmp_path / "config"
+    config.write_text("[profile work]\nregion = ap-south-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # When a backend for that profile takes its default region / Then it is the expected one
+    assert EC2Backend(aws_profile="work").region == expected
+
+
+def test_default_region_falls_back_to_us_east_1(jp_ec2_cloud, monkeypatch):
+    # Given no region anywhere / Then us-east-1
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    assert EC2Backend().region == "us-east-1"

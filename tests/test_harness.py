@@ -216,6 +216,33 @@ def test_environment_points_only_at_loopback(jp_ec2_cloud):
     assert time.monotonic() - started < 2
 
 
+def test_default_clients_go_through_the_strict_front(jp_ec2_cloud):
+    # Given the environment the fixture applied (AWS_ENDPOINT_URL)
+    assert jp_ec2_cloud.env()["AWS_ENDPOINT_URL"] == jp_ec2_cloud.endpoint_url
+    assert jp_ec2_cloud.endpoint_url != jp_ec2_cloud.moto_endpoint_url
+    # When a client built the default way sends what AWS refuses
+    ec2 = boto3.client("ec2")
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    with pytest.raises(ClientError) as error:
+        ec2.create_security_group(GroupName="g", Description="it's mine", VpcId=vpc)
+    # Then the front refused it with AWS's code, and moto never saw it
+    assert error.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert jp_ec2_cloud.front.refusals[-1].rule == "security group description"
+    groups = jp_ec2_cloud.client().describe_security_groups()["SecurityGroups"]
+    assert "g" not in {g["GroupName"] for g in groups}
+
+
+def test_lag_and_iam_are_off_at_the_start_of_each_test(jp_ec2_cloud):
+    # Given a fresh test / Then nothing hides instances and IAM is not enforced
+    import math
+
+    import moto.settings
+
+    assert jp_ec2_cloud.front.lag == 0
+    assert math.isinf(moto.settings.INITIAL_NO_AUTH_ACTION_COUNT)
+    assert boto3.client("ec2").describe_vpcs()["Vpcs"]
+
+
 def test_reset_forgets_resources_but_keeps_images(jp_ec2_cloud):
     # Given an imported key
     ec2 = jp_ec2_cloud.client()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import account
+from .iam import ACCOUNT_ID, SPOT_ROLE_NAME, SPOT_SERVICE, PolicyAuthorizer, action_level_view
 from .images import ubuntu_images, write_amis_file
 from .strict import StrictFront
 
@@ -105,6 +106,8 @@ class SimulatedCloud:
         self._server: Any = None
         self._port: int | None = None
         self._front: StrictFront | None = None
+        self._iam: PolicyAuthorizer | None = None
+        self._saved_authenticator: Any = None
         self._tmpdir: Path | None = None
         self._proxy: ClosedPort | None = None
         self._saved_environ: dict[str, str | None] = {}
@@ -141,6 +144,7 @@ class SimulatedCloud:
             self._server.start()
             self._port = self._server.get_host_and_port()[1]
             self._front = StrictFront(self._port).start()
+            self._exempt_harness_from_iam()
             # Build the region's EC2 backend now (AMIs, default VPC), not in the first test.
             self.ec2_backend()
         except BaseException:
@@ -161,10 +165,16 @@ class SimulatedCloud:
         if self._proxy is not None:
             self._proxy.close()
             self._proxy = None
+        self.enforce_iam(False)
         self._restore_moto()
         account.uninstall()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if self._saved_authenticator is not None:
+            from moto.core.authorization import ActionAuthenticatorMixin
+
+            ActionAuthenticatorMixin._authenticate_and_authorize_action = self._saved_authenticator  # type: ignore[method-assign]
+            self._saved_authenticator = None
             self._tmpdir = None
         self._port = None
         with SimulatedCloud._lock:
@@ -253,6 +263,93 @@ class SimulatedCloud:
             "no_proxy": NO_PROXY,
         }
 
+    # -- IAM ------------------------------------------------------------------------------------
+
+    def iam_user(self, policy: dict) -> dict[str, str]:
+        """A fresh IAM user holding exactly ``policy``; IAM is enforced from now on.
+
+        Returns the environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``)
+        of the user's access key. moto authenticates its requests and checks each action; the
+        strict front evaluates the policy's resources and conditions for EC2 (see
+        :mod:`.iam`). Enforcement lasts until :meth:`enforce_iam` (False) or :meth:`reset`
+        (the ``jp_ec2_cloud`` fixture does both after each test). The harness's own clients
+        (:meth:`client`) are never refused.
+        """
+        import uuid
+
+        iam = self.client("iam")
+        name = f"jupyter-ec2-test-{uuid.uuid4().hex[:8]}"
+        iam.create_user(UserName=name)
+        iam.put_user_policy(
+            UserName=name,
+            PolicyName="jupyter-ec2",
+            PolicyDocument=json.dumps(action_level_view(policy)),
+        )
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        self.enforce_iam(True)
+        assert self._iam is not None
+        self._iam.add(key["AccessKeyId"], policy)
+        return {
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        }
+
+    def enforce_iam(self, on: bool) -> None:
+        """Switch IAM enforcement on (every client but the harness's) or off (moto's default)."""
+        import moto.settings as moto_settings
+        from moto.core.authorization import ActionAuthenticatorMixin
+
+        if on:
+            if self._iam is None:
+                self._iam = PolicyAuthorizer(
+                    self._resource_tags, self._spot_role_exists, self._create_spot_role
+                )
+            self.front.authorizer = self._iam
+            moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+        else:
+            self._iam = None
+            if self._front is not None:
+                self._front.authorizer = lambda key, region, action, params: None
+            moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+        ActionAuthenticatorMixin.request_count = 0
+
+    @property
+    def iam_denials(self) -> list:
+        """Every permission the front refused while IAM was enforced (for test messages)."""
+        return list(self._iam.denied) if self._iam is not None else []
+
+    def _resource_tags(self, region: str, resource_id: str) -> dict[str, str]:
+        return dict(self.ec2_backend(region).tags.get(resource_id, {}))
+
+    def _iam_backend(self) -> Any:
+        from moto.iam.models import iam_backends
+
+        return iam_backends[ACCOUNT_ID]["aws"]
+
+    def _spot_role_exists(self) -> bool:
+        return any(role.name == SPOT_ROLE_NAME for role in self._iam_backend().roles.values())
+
+    def _create_spot_role(self) -> None:
+        # What EC2 does on the first spot request of an account, with the caller's permission.
+        self._iam_backend().create_service_linked_role(
+            service_name=SPOT_SERVICE, description="spot", suffix=""
+        )
+
+    def _exempt_harness_from_iam(self) -> None:
+        """Let the harness's own key through moto's IAM checks (the instance hosts use it)."""
+        from moto.core.authorization import ActionAuthenticatorMixin
+
+        original = ActionAuthenticatorMixin._authenticate_and_authorize_action
+        self._saved_authenticator = original
+        marker = f"Credential={HARNESS_ACCESS_KEY_ID}/"
+
+        def authenticate(mixin: Any, iam_request_cls: type, resource: str = "*") -> None:
+            if marker in (mixin.headers.get("Authorization") or ""):
+                return
+            original(mixin, iam_request_cls, resource)
+
+        ActionAuthenticatorMixin._authenticate_and_authorize_action = authenticate  # type: ignore[method-assign]
+
     def client(
         self,
         service: str = "ec2",
@@ -291,6 +388,7 @@ class SimulatedCloud:
 
     def reset(self) -> None:
         """Forget every resource (instances, key pairs, groups…); no lag; the image list stays."""
+        self.enforce_iam(False)
         self.front.reset()
         url = f"{self.moto_endpoint_url}/moto-api/reset"  # always http://127.0.0.1:<port>
         request = urllib.request.Request(url, method="POST")  # noqa: S310

@@ -5,7 +5,9 @@
   for the test (dummy credentials, ``AWS_ENDPOINT_URL``, the closed proxy). Every client the
   extension builds goes through the cloud's strict front (AWS's documented limits, refused with
   AWS's errors); ``jp_ec2_cloud.set_lag(seconds)`` makes new or just-started instances lag behind
-  in describes, and the fixture sets the lag back to 0 before each test.
+  in describes, and the fixture sets the lag back to 0 before each test;
+  ``jp_ec2_cloud.iam_user(policy)`` returns the credentials of a user holding exactly that
+  policy, with IAM enforced until the end of the test.
 - ``jp_ec2_hosts``: an :class:`InstanceHosts` for the test, closed afterwards (no sshd is left).
 - ``jp_ec2_ssh_config``: the path of that harness's ``ssh_config`` file.
 - ``jp_ec2_boot_delay`` and ``jp_ec2_login_user``: override these fixtures to change how
@@ -48,14 +50,22 @@ def jp_ec2_session_cloud() -> Iterator[SimulatedCloud]:
 @pytest.fixture
 def jp_ec2_cloud(
     jp_ec2_session_cloud: SimulatedCloud, monkeypatch: pytest.MonkeyPatch
-) -> SimulatedCloud:
-    """The simulated cloud, emptied for this test, with its client environment applied."""
+) -> Iterator[SimulatedCloud]:
+    """The simulated cloud, emptied for this test, with its client environment applied.
+
+    No lag and no IAM enforcement at the start; ``jp_ec2_cloud.iam_user(policy)`` turns
+    enforcement on for the rest of the test, and it is turned off again afterwards.
+    """
     jp_ec2_session_cloud.reset()
     for name in _AWS_VARIABLES_TO_CLEAR:
         monkeypatch.delenv(name, raising=False)
     for name, value in jp_ec2_session_cloud.env().items():
         monkeypatch.setenv(name, value)
-    return jp_ec2_session_cloud
+    try:
+        yield jp_ec2_session_cloud
+    finally:
+        jp_ec2_session_cloud.enforce_iam(False)
+        jp_ec2_session_cloud.set_lag(0)
 
 
 @pytest.fixture

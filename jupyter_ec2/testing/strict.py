@@ -231,6 +231,26 @@ def ec2_error_xml(code: str, message: str) -> bytes:
     ).encode()
 
 
+def _no_authorizer(key: str, region: str, action: str, params: Mapping[str, str]) -> None:
+    return None
+
+
+def _credential_of(headers: Mapping[str, str]) -> tuple[str, str]:
+    """(access key id, region) of a SigV4-signed request."""
+    auth = headers.get("Authorization") or ""
+    match = re.search(r"Credential=([^/]+)/[^/]+/([^/]+)/", auth)
+    return (match.group(1), match.group(2)) if match else ("", "")
+
+
+UNAUTHORIZED_MESSAGE = (
+    "You are not authorized to perform this operation. Encoded authorization failure message: "
+)
+
+
+def _opaque() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes * 8).decode()
+
+
 def _service_of(headers: Mapping[str, str]) -> str:
     """The service a SigV4-signed request is for (``ec2``, ``iam``, ``pricing``…), or ''."""
     auth = headers.get("Authorization") or ""
@@ -286,10 +306,10 @@ class StrictFront:
         self._lag = 0.0
         self._hidden_until: dict[str, float] = {}
         self._refusals: list[Refusal] = []
-        #: Called with (access key id, action, params) before a request passes; may answer an
-        #: error (code, message, HTTP status) instead. The IAM checks of the harness use it.
-        self.authorizer: Callable[[str, str, Mapping[str, str]], tuple[str, str, int] | None]
-        self.authorizer = lambda key, action, params: None
+        #: Called with (access key id, region, action, params) before an EC2 request passes; may
+        #: answer an error (code, message, HTTP status) instead. The harness's IAM checks use it.
+        self.authorizer: Callable[[str, str, str, Mapping[str, str]], tuple[str, str, int] | None]
+        self.authorizer = _no_authorizer
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -350,7 +370,7 @@ class StrictFront:
             self._lag = 0.0
             self._hidden_until.clear()
             self._refusals.clear()
-        self.authorizer = lambda key, action, params: None
+        self.authorizer = _no_authorizer
 
     @property
     def refusals(self) -> list[Refusal]:
@@ -421,8 +441,8 @@ class _FrontHandler(BaseHTTPRequestHandler):
                 front._record(refusal)
                 self._answer(400, ec2_error_xml(refusal.code, refusal.message))
                 return
-            access_key = re.search(r"Credential=([^/]+)/", headers.get("Authorization") or "")
-            denied = front.authorizer(access_key.group(1) if access_key else "", action, params)
+            key, region = _credential_of(headers)
+            denied = front.authorizer(key, region, action, params)
             if denied is not None:
                 code, message, status = denied
                 self._answer(status, ec2_error_xml(code, message))
@@ -437,6 +457,10 @@ class _FrontHandler(BaseHTTPRequestHandler):
                     )
                     return
         status, reply_headers, reply = self._forward(body, headers)
+        if action and status == 403 and b"AccessDenied" in reply:
+            # moto's refusal of an IAM user, in the words EC2 uses (it names no action).
+            reply = ec2_error_xml("UnauthorizedOperation", UNAUTHORIZED_MESSAGE + _opaque())
+            reply_headers = []
         if action and status == 200:
             if action == "RunInstances":
                 front._hide(_instance_ids_in_run_answer(reply))
