@@ -30,6 +30,7 @@ from .aws import (
     build_tag_specifications,
     owner_tags,
     scrub_message,
+    translate_error,
 )
 from .errors import EC2LauncherError
 
@@ -192,10 +193,18 @@ def dry_run_requests(ctx: DryRunContext) -> list[tuple[str, str, dict[str, Any]]
             (
                 "ec2:ImportKeyPair",
                 "import_key_pair",
-                {"KeyName": PROBE_NAME, "PublicKeyMaterial": ctx.public_key.encode()},
+                {
+                    "KeyName": PROBE_NAME,
+                    "PublicKeyMaterial": ctx.public_key.encode(),
+                    "TagSpecifications": build_tag_specifications(tags, ("key-pair",)),
+                },
             )
         )
-    group: dict[str, Any] = {"GroupName": PROBE_NAME, "Description": "jupyter-ec2 preflight"}
+    group: dict[str, Any] = {
+        "GroupName": PROBE_NAME,
+        "Description": "jupyter-ec2 preflight",
+        "TagSpecifications": build_tag_specifications(tags, ("security-group",)),
+    }
     if ctx.vpc_id:
         group["VpcId"] = ctx.vpc_id
     requests.append(("ec2:CreateSecurityGroup", "create_security_group", group))
@@ -225,14 +234,6 @@ def dry_run_requests(ctx: DryRunContext) -> list[tuple[str, str, dict[str, Any]]
         requests.append(("ec2:RunInstances", "run_instances", launch))
     requests += [
         (
-            "ec2:CreateTags",
-            "create_tags",
-            {
-                "Resources": [PLACEHOLDER_INSTANCE_ID],
-                "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-            },
-        ),
-        (
             "ec2:DescribeInstanceAttribute",
             "describe_instance_attribute",
             {"InstanceId": PLACEHOLDER_INSTANCE_ID, "Attribute": "userData"},
@@ -253,6 +254,20 @@ def dry_run_requests(ctx: DryRunContext) -> list[tuple[str, str, dict[str, Any]]
     ]
     return requests
 
+
+#: Actions probed on a placeholder or on the VPC's default group: a policy scoped to the managed
+#: tag (docs/iam-policy.json) rightly refuses them there, so a refusal cannot tell.
+PLACEHOLDER_ACTIONS = frozenset(
+    {
+        "ec2:AuthorizeSecurityGroupIngress",
+        "ec2:RevokeSecurityGroupIngress",
+        "ec2:DescribeInstanceAttribute",
+        "ec2:StartInstances",
+        "ec2:StopInstances",
+        "ec2:TerminateInstances",
+        "ec2:CancelSpotInstanceRequests",
+    }
+)
 
 #: Dry runs whose plain success is harmless (reads); a write that succeeds ignored ``DryRun``.
 READ_ACTIONS = frozenset(
@@ -286,6 +301,9 @@ def dry_run_verdict(action: str, err: BaseException | None) -> ActionProbe:
     if code == "DryRunOperation":
         return ActionProbe(action, "allowed", "dry-run", code=code)
     if code in DENIED_CODES:
+        if action in PLACEHOLDER_ACTIONS:
+            # Maybe allowed on managed (tagged) resources only: the simulator may tell.
+            return ActionProbe(action, "unknown", "dry-run", code=f"{code} on a placeholder")
         return ActionProbe(action, "denied", "dry-run", code=code, detail=error_text(err))
     # InvalidInstanceID.NotFound and the like: EC2 looked at the placeholder before the policy.
     return ActionProbe(action, "unknown", "dry-run", code=code or type(err).__name__)
@@ -375,10 +393,16 @@ class AccountProbe:
     # -- regions and instance types ------------------------------------------------------------
 
     def region_opt_in(self, region: str) -> str | None:
-        """The region's ``OptInStatus`` (None: EC2 did not list it)."""
+        """The region's ``OptInStatus`` (None: EC2 did not list it; "unknown": may not ask)."""
+        from botocore import exceptions as bx
+
         ec2 = self._client(region)
-        with self.backend._aws("list the regions", region):
+        try:
             regions = ec2.describe_regions(AllRegions=True, RegionNames=[region]).get("Regions", [])
+        except bx.ClientError as err:
+            if error_code(err) in DENIED_CODES:
+                return "unknown"
+            raise translate_error(err, action="list the regions", region=region) from err
         for item in regions:
             if item.get("RegionName") == region:
                 return item.get("OptInStatus") or "opt-in-not-required"
@@ -487,9 +511,16 @@ class AccountProbe:
                     return NetworkFacts(vpc_id, None, False, "no_subnet")
                 subnet_ids = [s["SubnetId"] for s in subnets]
                 public_ip = any(s.get("MapPublicIpOnLaunch") for s in subnets)
-            tables = ec2.describe_route_tables(
-                Filters=[{"Name": "vpc-id", "Values": [vpc_id]}]
-            ).get("RouteTables", [])
+            try:
+                tables = ec2.describe_route_tables(
+                    Filters=[{"Name": "vpc-id", "Values": [vpc_id]}]
+                ).get("RouteTables", [])
+            except bx.ClientError as err:
+                if error_code(err) not in DENIED_CODES:
+                    raise
+                return NetworkFacts(
+                    vpc_id, subnet_id or subnet_ids[0], False, "route_unknown", error_code(err)
+                )
         except bx.ClientError as err:
             code = error_code(err)
             if code.startswith("InvalidSubnetID"):

@@ -455,6 +455,7 @@ class Preflight:
         regions = sorted({self.backend.region, *grouped})
         problems: list[str] = []
         fixes: list[str] = []
+        notes: list[str] = []
         verdicts: dict[str, ProfileVerdict] = {}
         for region in regions:
             status = self.probe.region_opt_in(region)
@@ -468,7 +469,9 @@ class Preflight:
                         False, f"Region {region} is not enabled for this account."
                     )
                 continue
-            if status is None:
+            if status == "unknown":
+                notes.append(f"{region}: opt-in not checked (ec2:DescribeRegions not allowed)")
+            elif status is None:
                 problems.append(f"EC2 does not know the region {region}")
                 fixes.append("Use a region EC2 lists, such as us-east-1.")
                 continue
@@ -494,9 +497,10 @@ class Preflight:
         if problems:
             return Check("region", "fail", "; ".join(problems) + ".", fixes[0], verdicts)
         types = ", ".join(sorted({p.instance_type for p in profiles})) or "no profile types"
-        return Check(
-            "region", "ok", f"{', '.join(regions)}: enabled; offers {types}.", None, verdicts
-        )
+        message = f"{', '.join(regions)}: enabled; offers {types}"
+        if notes:
+            message = f"{', '.join(regions)}: offers {types}; " + "; ".join(notes)
+        return Check("region", "ok", message + ".", None, verdicts, details=notes)
 
     # permissions -------------------------------------------------------------------------------
 
@@ -668,6 +672,11 @@ class Preflight:
                         "Attach an internet gateway to the VPC and add a 0.0.0.0/0 route to it "
                         "in the subnet's route table, or use another subnet.",
                     )
+                )
+            elif facts.problem == "route_unknown":
+                good.append(
+                    f"{where} ({facts.vpc_id}) exists; its route to the internet was not checked "
+                    "(ec2:DescribeRouteTables not allowed)"
                 )
             elif facts.problem == "error":
                 problems.append(

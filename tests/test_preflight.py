@@ -416,10 +416,14 @@ def test_permissions_without_run_instances_fail_the_permissions_check(jp_ec2_clo
         pytest.skip("pending: the simulated cloud's IAM enforcement (jp_ec2_cloud.iam_user, i11a)")
     # Given an IAM user holding the documented policy minus ec2:RunInstances
     policy = json.loads((Path(__file__).parent.parent / "docs" / "iam-policy.json").read_text())
+    statements = []
     for statement in policy["Statement"]:
         actions = statement.get("Action")
-        if isinstance(actions, list):
-            statement["Action"] = [a for a in actions if a != "ec2:RunInstances"]
+        actions = [actions] if isinstance(actions, str) else list(actions or [])
+        kept = [a for a in actions if a != "ec2:RunInstances"]
+        if kept:
+            statements.append({**statement, "Action": kept})
+    policy["Statement"] = statements
     for name, value in jp_ec2_cloud.iam_user(policy).items():
         monkeypatch.setenv(name, value)
     before = cloud_inventory(jp_ec2_cloud)
