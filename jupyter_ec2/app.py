@@ -21,6 +21,7 @@ from .handlers import (
     InstanceLogHandler,
     InstancesHandler,
     KeepaliveHandler,
+    PreflightHandler,
     ProfilesHandler,
 )
 from .models import INSTANCE_ID_PATTERN, ProfileSet, load_profiles
@@ -55,6 +56,7 @@ class EC2Launcher(ExtensionApp):
     routes = [
         (rf"/{API_PREFIX}/profiles", ProfilesHandler),
         (rf"/{API_PREFIX}/costs", CostsHandler),
+        (rf"/{API_PREFIX}/preflight", PreflightHandler),
         (rf"/{API_PREFIX}/instances", InstancesHandler),
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})", InstanceHandler),
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/log", InstanceLogHandler),

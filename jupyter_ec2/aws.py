@@ -1016,6 +1016,13 @@ class EC2Backend(LoggingConfigurable):
             self._clients[(service, region)] = client
             return client
 
+    def session(self) -> Any:
+        """The boto3 session every client is made from (built on first use), e.g. to read
+        where its credentials come from."""
+        self.client(self.region, service="sts")
+        with self._lock:
+            return self._session
+
     @contextlib.contextmanager
     def _aws(self, action: str, region: str | None = None) -> Iterator[None]:
         """Turn every boto3 failure inside the block into a domain error."""

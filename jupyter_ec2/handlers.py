@@ -182,3 +182,18 @@ class InstanceActionHandler(EC2APIHandler):
             "reconnect": manager.reconnect,
         }[action]
         self.write_json(await method(instance_id), status=202)
+
+
+class PreflightHandler(EC2APIHandler):
+    """``GET preflight?refresh=1``: the setup checks (credentials … ssh_client), in order."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def get(self) -> None:
+        """The checks, from the brief cache unless ``refresh`` is true."""
+        raw = self.get_query_argument("refresh", "0").lower()
+        if raw not in ("0", "1", "true", "false"):
+            raise ValidationError("refresh", "refresh must be 0, 1, true or false.")
+        manager = await self.manager()
+        self.write_json(await manager.preflight(refresh=raw in ("1", "true")))

@@ -30,6 +30,7 @@ from . import lifecycle as lc
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .models import LaunchRequest, Phase, Profile, ProfileSet, validate_instance_id
 from .origin import remote_url as origin_url
+from .preflight import Preflight, point_to_check
 from .provision.params import remote_base_url
 from .reconcile import CLOSED, InstanceRecord, InstanceWatcher, StepError, _now
 
@@ -80,6 +81,11 @@ class LaunchManager(InstanceWatcher):
         self._budget_warned: float | None = None  # the month start of the last warning
         self._keep_until: dict[str, float] = {}  # instance id -> keepalive asked until (local)
         self.subscribe(self._feed_costs)
+        self.preflight_checks = Preflight(
+            self.backend,
+            lambda: list(self.profiles.profiles.values()),
+            ssh_engine=lambda: str(getattr(self.tunnels, "engine", "auto")),
+        )
 
     # -- start-up and shut-down ------------------------------------------------------------------
 
@@ -315,6 +321,7 @@ class LaunchManager(InstanceWatcher):
             )
         except EC2LauncherError as err:
             await self._thread(self.store.delete_json, f"launch-{launch_id}")
+            self._point_to_check(err)
             if isinstance(err, ValidationError) and err.field in request.overrides:
                 # The cloud refused a value the request chose: name it as the request did.
                 raise err.prefixed("overrides") from None
@@ -349,6 +356,18 @@ class LaunchManager(InstanceWatcher):
         self._run(record, self._bring_up(record, profile, fresh=True))
         self._look_up_price(record)
         return self.to_json(record)
+
+    # -- preflight ("Check my AWS setup") --------------------------------------------------------
+
+    async def preflight(self, refresh: bool = False) -> dict[str, Any]:
+        """``GET preflight``: the setup checks, run in a worker thread and kept briefly."""
+        report = await self._thread(self.preflight_checks.report, refresh)
+        return report.to_json()
+
+    def _point_to_check(self, err: EC2LauncherError) -> None:
+        """A launch failed: name the preflight check that explains it, and re-check next time."""
+        if point_to_check(err) is err and getattr(err, "check", None):
+            self.preflight_checks.invalidate()
 
     async def stop_instance(self, instance_id: str) -> dict[str, Any]:
         """Stop an instance: close its forward, then ask EC2 to stop it."""

@@ -852,8 +852,8 @@ class Provisioner(LoggingConfigurable):
         script = (
             f"test -d {shlex.quote(paths.state_dir)} || {{ echo 'not provisioned'; exit 3; }}; "
             f"until=$(( $(date +%s) + {seconds} )); umask 022; "
-            f"printf '{{\"until\": %s}}\\n' \"$until\" > {shlex.quote(tmp)} && "
-            f"mv -f {shlex.quote(tmp)} {shlex.quote(path)} && echo \"$until\""
+            f'printf \'{{"until": %s}}\\n\' "$until" > {shlex.quote(tmp)} && '
+            f'mv -f {shlex.quote(tmp)} {shlex.quote(path)} && echo "$until"'
         )
         command = (
             'if [ "$(id -u)" = 0 ]; then exec /bin/sh -c "$0"; '

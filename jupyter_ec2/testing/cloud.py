@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from . import account
 from .iam import ACCOUNT_ID, SPOT_ROLE_NAME, SPOT_SERVICE, PolicyAuthorizer, action_level_view
 from .images import ubuntu_images, write_amis_file
 from .strict import StrictFront
@@ -128,6 +129,7 @@ class SimulatedCloud:
             self._tmpdir = Path(tempfile.mkdtemp(prefix="jupyter-ec2-cloud-"))
             amis_path = write_amis_file(self._tmpdir / "amis.json")
             self._configure_moto(amis_path)
+            account.install()  # EC2 quotas, default VPC's internet gateway (see .account)
             self._proxy = ClosedPort()
 
             from moto.server import ThreadedMotoServer
@@ -165,6 +167,7 @@ class SimulatedCloud:
             self._proxy = None
         self.enforce_iam(False)
         self._restore_moto()
+        account.uninstall()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         if self._saved_authenticator is not None:
@@ -393,6 +396,7 @@ class SimulatedCloud:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(request, timeout=30) as response:
             response.read()
+        account.reset_overrides()
         # Rebuild the default region's backend now, so the next request is fast.
         self.ec2_backend()
 
@@ -402,6 +406,11 @@ class SimulatedCloud:
         from moto.ec2.models import ec2_backends
 
         return ec2_backends[DEFAULT_ACCOUNT_ID][region or self.region]
+
+    @staticmethod
+    def set_service_quota(code: str, value: float, region: str | None = None) -> None:
+        """Set an EC2 vCPU quota (``L-DB2E81BA``…) of the simulated account until the next reset."""
+        account.set_ec2_quota(code, value, region)
 
     @staticmethod
     def images() -> list[dict]:

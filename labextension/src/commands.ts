@@ -25,6 +25,7 @@ import { ACTION_LABELS, offers } from './instances';
 import { EC2Model } from './model';
 import { InstanceNotifier } from './notifications';
 import { createPanel, EC2Panel, PANEL_TITLE } from './panel';
+import { PreflightModel } from './preflight';
 import { APIError } from './request';
 import {
   CommandIDs,
@@ -182,7 +183,8 @@ export function addCommands(
   app: JupyterFrontEnd,
   model: EC2Model,
   tracker: PanelTracker,
-  notifier: InstanceNotifier
+  notifier: InstanceNotifier,
+  preflight?: PreflightModel
 ): void {
   const { commands, shell } = app;
 
@@ -226,6 +228,14 @@ export function addCommands(
       notifier.showProgressIn(instance.id, notification);
       return instance;
     } catch (error) {
+      if (
+        preflight &&
+        error instanceof APIError &&
+        error.message.includes('Check setup')
+      ) {
+        // The server named a preflight check: show its banner with the fix.
+        void preflight.check(true);
+      }
       if (!(fromForm && error instanceof APIError && error.status === 400)) {
         const { message, actions } = errorNotice(
           `Could not launch ${label}`,
@@ -263,7 +273,8 @@ export function addCommands(
         widget = createPanel({
           model,
           commands,
-          launch: request => launch(request, true)
+          launch: request => launch(request, true),
+          preflight
         });
         void tracker.add(widget);
         shell.add(widget, 'main');

@@ -22,6 +22,7 @@ import { CostBar } from './costbar';
 import { IdleWarning } from './idlewarning';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
 import { profilePaletteItems } from './palette';
+import { addPreflightCommand, PreflightModel } from './preflight';
 import {
   CATEGORY,
   CommandIDs,
@@ -68,7 +69,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
         }
       }
     });
-    addCommands(app, model, tracker, notifier);
+    // "Check setup": checked once at start, again from the palette or the banner.
+    const preflight = new PreflightModel({
+      serverSettings: app.serviceManager.serverSettings
+    });
+    addCommands(app, model, tracker, notifier, preflight);
+    addPreflightCommand(app, preflight, palette);
+    void preflight.check();
     new ErrorNotifier(model);
     new IdleWarning(model);
     if (statusBar) {

@@ -17,11 +17,13 @@ import {
   CredentialsHelp,
   InstanceList,
   LaunchForm,
+  PreflightBanner,
   ProfileList,
   StatusBanner
 } from './components';
 import { ec2Icon } from './icons';
 import { EC2Model } from './model';
+import { PreflightModel } from './preflight';
 import {
   CommandIDs,
   IInstance,
@@ -51,11 +53,13 @@ export interface IPanelViewProps {
   model: EC2Model;
   commands: CommandRegistry;
   launch: LaunchFunction;
+  /** The "Check setup" results, when the preflight plugin runs. */
+  preflight?: PreflightModel;
 }
 
 /** The whole panel for one state of the model. */
 export function PanelView(props: IPanelViewProps): JSX.Element {
-  const { model, commands, launch } = props;
+  const { model, commands, launch, preflight } = props;
   const onSelect = (name: string): void => model.select(name);
   const onAction = (action: InstanceAction, instance: IInstance): void => {
     void commands.execute(ACTION_COMMANDS[action], { id: instance.id });
@@ -63,6 +67,12 @@ export function PanelView(props: IPanelViewProps): JSX.Element {
   return (
     <div className="jp-ec2-panel-body" data-status={model.status}>
       <StatusBanner status={model.status} error={model.error} />
+      {preflight && (
+        <PreflightBanner
+          preflight={preflight}
+          onCheck={() => void preflight.check(true)}
+        />
+      )}
       {model.credentialsProblem !== null && (
         <div
           className="jp-ec2-banner jp-ec2-banner-error"
@@ -113,6 +123,7 @@ export function PanelView(props: IPanelViewProps): JSX.Element {
                 selected={model.selected}
                 onSelect={onSelect}
                 onLaunch={launch}
+                blocked={preflight?.blockedProfiles}
               />
             </section>
           )}
@@ -129,6 +140,7 @@ export class EC2Panel extends ReactWidget {
     this.model = options.model;
     this._commands = options.commands;
     this._launch = options.launch;
+    this._preflight = options.preflight;
     this.addClass('jp-ec2-panel');
     this.node.dataset.testid = 'ec2-panel';
   }
@@ -137,21 +149,28 @@ export class EC2Panel extends ReactWidget {
   readonly model: EC2Model;
 
   protected render(): JSX.Element {
-    return (
+    const view = (): JSX.Element => (
       <UseSignal signal={this.model.changed}>
         {() => (
           <PanelView
             model={this.model}
             commands={this._commands}
             launch={this._launch}
+            preflight={this._preflight}
           />
         )}
       </UseSignal>
     );
+    if (this._preflight === undefined) {
+      return view();
+    }
+    // Re-render on a new preflight answer as well as on the model's changes.
+    return <UseSignal signal={this._preflight.changed}>{view}</UseSignal>;
   }
 
   private readonly _commands: CommandRegistry;
   private readonly _launch: LaunchFunction;
+  private readonly _preflight?: PreflightModel;
 }
 
 /** Companion of {@link EC2Panel}. */
@@ -161,6 +180,8 @@ export namespace EC2Panel {
     model: EC2Model;
     commands: CommandRegistry;
     launch: LaunchFunction;
+    /** The "Check setup" results shown as a banner and in the launch form. */
+    preflight?: PreflightModel;
   }
 }
 

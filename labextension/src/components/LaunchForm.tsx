@@ -16,6 +16,8 @@ export interface ILaunchFormProps {
   onSelect: (name: string) => void;
   /** Launch; rejects with an {@link APIError} the form shows. */
   onLaunch: (request: ILaunchRequest) => Promise<unknown>;
+  /** Profiles a launch would fail for (from "Check setup"): profile → check and reason. */
+  blocked?: Readonly<Record<string, { check: string; message: string }>>;
 }
 
 /** What the inputs hold (as typed). */
@@ -142,6 +144,7 @@ function FieldError(props: {
 /** The launch form of the panel. */
 export function LaunchForm(props: ILaunchFormProps): JSX.Element {
   const { profiles, selected, onSelect, onLaunch } = props;
+  const blocked = props.blocked ?? {};
   const profile =
     profiles.find(item => item.name === selected) ?? profiles[0] ?? undefined;
   const [draft, setDraft] = React.useState<IDraft>(() => draftOf(profile));
@@ -175,7 +178,7 @@ export function LaunchForm(props: ILaunchFormProps): JSX.Element {
 
   const onSubmit = async (event: React.FormEvent): Promise<void> => {
     event.preventDefault();
-    if (!profile || busy) {
+    if (!profile || busy || blocked[profile.name] !== undefined) {
       return;
     }
     setErrors({});
@@ -227,12 +230,30 @@ export function LaunchForm(props: ILaunchFormProps): JSX.Element {
             onChange={event => onSelect(event.target.value)}
           >
             {profiles.map(item => (
-              <option key={item.name} value={item.name}>
+              <option
+                key={item.name}
+                value={item.name}
+                disabled={blocked[item.name] !== undefined}
+              >
                 {item.display_name}
+                {blocked[item.name] !== undefined
+                  ? ` (unavailable: ${blocked[item.name].check})`
+                  : ''}
               </option>
             ))}
           </select>
           <FieldError errorKey="profile" errors={errors} />
+          {blocked[profile.name] !== undefined && (
+            <p
+              className="jp-ec2-profile-blocked"
+              data-testid="ec2-profile-blocked"
+              data-check={blocked[profile.name].check}
+            >
+              Launching {profile.display_name} would fail (
+              {blocked[profile.name].check} check):{' '}
+              {blocked[profile.name].message}
+            </p>
+          )}
         </label>
 
         <label className="jp-ec2-field">
@@ -324,7 +345,7 @@ export function LaunchForm(props: ILaunchFormProps): JSX.Element {
           type="submit"
           className="jp-Button jp-mod-styled jp-mod-accept"
           data-action="launch"
-          disabled={busy}
+          disabled={busy || blocked[profile.name] !== undefined}
         >
           {busy ? 'Launching…' : 'Launch'}
         </button>

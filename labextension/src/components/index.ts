@@ -6,3 +6,4 @@ export * from './LogView';
 export * from './ProfileCard';
 export * from './ProfileList';
 export * from './StatusBanner';
+export * from './PreflightBanner';
