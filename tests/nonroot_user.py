@@ -1,0 +1,132 @@
+"""A throwaway non-root user of this machine for the user-mode demo and Binder tests.
+
+:class:`ScratchUser` creates a user with a random name (``useradd -m``), copies the project's
+source into its home (so nothing under /work needs other permissions), runs commands as that
+user with a clean environment (``runuser``), and is removed afterwards (``userdel -r``) with
+every process it still runs, by PID. :meth:`ScratchUser.files_outside` lists the files the user
+owns outside its home and the temporary directories, which must stay empty.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+from jupyter_ec2.testing.hosts import end_processes
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Directories of the worktree that are never copied (environments, builds, caches).
+SKIP = {".venv", "node_modules", ".git", "tests/artifacts", ".ruff_cache", "__pycache__"}
+#: Places a user may write to; anything it owns elsewhere is a leak.
+ALLOWED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 - what is allowed, not used
+
+
+class ScratchUser:
+    """A non-root user created for one test module and removed after it."""
+
+    def __init__(self) -> None:
+        self.name = "jec2demo" + secrets.token_hex(4)
+        subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", self.name],
+            check=True,
+        )
+        # A key-only account: no password can match, and not locked (sshd without PAM refuses
+        # locked accounts even for key logins).
+        subprocess.run(["usermod", "-p", "*", self.name], check=True)
+        entry = pwd.getpwnam(self.name)
+        self.uid, self.gid, self.home = entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)
+
+    def copy_source(self) -> Path:
+        """Copy the worktree (with the built lab extension, without environments) to ~/src."""
+        dest = self.home / "src"
+
+        def ignore(directory: str, names: list[str]) -> set[str]:
+            rel = os.path.relpath(directory, ROOT)
+            return {
+                n for n in names if n in SKIP or os.path.normpath(os.path.join(rel, n)) in SKIP
+            }
+
+        shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True)
+        subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(dest)], check=True)
+        return dest
+
+    def env(self, **extra: str) -> list[str]:
+        """``env -i`` words for a clean login-like environment of this user."""
+        words = [
+            f"HOME={self.home}",
+            f"USER={self.name}",
+            f"LOGNAME={self.name}",
+            "SHELL=/bin/bash",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            "LANG=C.UTF-8",
+        ]
+        return ["/usr/bin/env", "-i", *words, *(f"{k}={v}" for k, v in extra.items())]
+
+    def command(self, args: list[str], **extra: str) -> list[str]:
+        """``args`` run as this user, in its home, with :meth:`env`."""
+        return ["runuser", "-u", self.name, "--", *self.env(**extra), *args]
+
+    def run(self, args: list[str], timeout: float = 900, **extra: str) -> str:
+        """Run ``args`` as this user; return its output, raise with it on failure."""
+        done = subprocess.run(
+            self.command(args, **extra),
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise AssertionError(
+                f"{args} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
+        return done.stdout
+
+    def popen(self, args: list[str], log: Path, **extra: str) -> subprocess.Popen:
+        """Start ``args`` as this user in the background, output to ``log``."""
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                self.command(args, **extra),
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def pids(self) -> list[int]:
+        """Every process running as this user."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}").st_uid == self.uid:
+                        found.append(int(entry))
+                except OSError:
+                    continue
+        return found
+
+    def files_outside(self) -> list[str]:
+        """Files this user owns outside its home and the temporary directories."""
+        prune = [str(self.home), *ALLOWED_TEMP, "/proc", "/sys", "/dev"]
+        expression: list[str] = []
+        for path in prune:
+            expression += ["-path", path, "-o"]
+        done = subprocess.run(
+            ["find", "/", "(", *expression[:-1], ")", "-prune", "-o", "-user", self.name, "-print"],
+            capture_output=True,
+            text=True,
+        )
+        return [line for line in done.stdout.splitlines() if line]
+
+    def remove(self) -> None:
+        """End the user's processes (by PID) and remove the user and its home."""
+        end_processes(self.pids())
+        subprocess.run(["userdel", "-r", "-f", self.name], capture_output=True)
+        for temp in ALLOWED_TEMP:
+            subprocess.run(
+                ["find", temp, "-xdev", "-user", self.name, "-delete"], capture_output=True
+            )
