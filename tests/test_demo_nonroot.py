@@ -10,18 +10,12 @@ owns no file outside its home and the temporary directories.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
-from nonroot_user import ScratchUser
+from nonroot_user import ScratchUser, launch_to_ready_through_proxy, wait_for_text
 
 from jupyter_ec2.testing.cloud import free_port
 from jupyter_ec2.testing.hosts import end_processes
@@ -34,8 +28,6 @@ pytestmark = [
         reason="creating a test user needs root and runuser",
     ),
 ]
-
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def install_project(user: ScratchUser) -> Path:
@@ -59,57 +51,6 @@ def scratch_user():
         yield user
     finally:
         user.remove()
-
-
-def api(url: str, token: str, method: str = "GET", body: dict | None = None) -> tuple[int, dict]:
-    """One authenticated JSON request to the local server; (status, parsed body)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(  # noqa: S310 - a loopback URL the test built
-        url,
-        data=data,
-        method=method,
-        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with OPENER.open(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-def wait_for_text(log: Path, pattern: str, proc, timeout: float) -> re.Match:
-    """Wait until ``log`` holds ``pattern``; fail with the log if the process ends first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        found = re.search(pattern, text)
-        if found:
-            return found
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    pytest.fail(f"{pattern!r} did not appear:\n{log.read_text(errors='replace')[-4000:]}")
-
-
-def launch_to_ready_through_proxy(base: str, token: str) -> dict:
-    """POST a launch, poll it to ``ready``, GET the remote /api/status through the proxy."""
-    status, launched = api(f"{base}/jupyter-ec2/api/instances", token, "POST", {"profile": "cpu"})
-    assert status == 202, launched
-    instance_id = launched["id"]
-    deadline = time.monotonic() + 300
-    while True:
-        status, instance = api(f"{base}/jupyter-ec2/api/instances/{instance_id}", token)
-        assert status == 200, instance
-        if instance["phase"] in ("ready", "failed") or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert instance["phase"] == "ready", instance
-    remote = urllib.parse.urljoin(base + "/", instance["url"])
-    assert remote.endswith("/lab"), instance["url"]
-    status, answer = api(remote[: -len("lab")] + "api/status", token)
-    assert status == 200, answer
-    assert "started" in answer
-    return instance
 
 
 def test_demo_runs_as_an_ordinary_user(scratch_user: ScratchUser, tmp_path: Path):
