@@ -129,6 +129,15 @@ class ScratchUser:
         )
         return [line for line in done.stdout.splitlines() if line]
 
+    def diagnostics(self, log: Path) -> str:
+        """The tail of ``log`` and of every sshd log the user's demo left, for failures."""
+        parts = [f"== {log}\n" + log.read_text(errors="replace")[-6000:]]
+        for temp in ALLOWED_TEMP[:1]:
+            for sshd_log in Path(temp).glob("jupyter-ec2-*/hosts/hosts/*/sshd.log"):
+                if sshd_log.stat().st_uid == self.uid:
+                    parts.append(f"== {sshd_log}\n" + sshd_log.read_text(errors="replace")[-3000:])
+        return "\n".join(parts)
+
     def remove(self) -> None:
         """End the user's processes (by PID) and remove the user and its home."""
         end_processes(self.pids())
@@ -184,7 +193,13 @@ def launch_to_ready_through_proxy(base: str, token: str) -> dict:
     assert instance["phase"] == "ready", instance
     remote = urllib.parse.urljoin(base + "/", instance["url"])
     assert remote.endswith("/lab"), instance["url"]
-    status, answer = api(remote[: -len("lab")] + "api/status", token)
+    # A forward that is being re-established answers 503 and asks to retry in a moment.
+    deadline = time.monotonic() + 30
+    while True:
+        status, answer = api(remote[: -len("lab")] + "api/status", token)
+        if status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert status == 200, answer
     assert "started" in answer
     return instance

@@ -90,7 +90,10 @@ def test_postbuild_and_start_as_repo2docker_would(binder_user: ScratchUser, tmp_
         # Then start said the cloud runs in user mode
         assert f"user mode: sshd runs as {user.name}" in log.read_text()
         # And a launch reaches ready and the remote notebook answers through the proxy
-        launch_to_ready_through_proxy(f"http://127.0.0.1:{port}", token)
+        try:
+            launch_to_ready_through_proxy(f"http://127.0.0.1:{port}", token)
+        except AssertionError as error:
+            pytest.fail(f"{error}\n{user.diagnostics(log)}")
     finally:
         end_processes([lab.pid], timeout=20)
         end_processes(user.pids())

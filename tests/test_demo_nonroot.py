@@ -69,7 +69,10 @@ def test_demo_runs_as_an_ordinary_user(scratch_user: ScratchUser, tmp_path: Path
         # Then it says it runs in user mode
         assert f"user mode: sshd runs as {user.name}" in log.read_text()
         # And a launch reaches ready and the remote notebook answers through the proxy
-        launch_to_ready_through_proxy(f"http://127.0.0.1:{port}", found.group(1))
+        try:
+            launch_to_ready_through_proxy(f"http://127.0.0.1:{port}", found.group(1))
+        except AssertionError as error:
+            pytest.fail(f"{error}\n{user.diagnostics(log)}")
         # And the provisioning ran without root, with its state in the user's home
         assert list((user.home / ".local/state/jupyter-ec2").glob("i-*/jupyter_server_config.json"))
     finally:
