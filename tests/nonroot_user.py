@@ -46,6 +46,12 @@ class ScratchUser:
         # A key-only account: no password can match, and not locked (sshd without PAM refuses
         # locked accounts even for key logins).
         subprocess.run(["usermod", "-p", "*", self.name], check=True)
+        if _devpts_lacks_tty_group():
+            # A non-root sshd gives a session's pty to the tty group, and ends the connection
+            # when it cannot. Where devpts is mounted with gid=5 (as on most systems and in
+            # Docker) new ptys already have that group; this machine's devpts is not, so the
+            # user joins the group to be able to hand its own ptys to it.
+            subprocess.run(["usermod", "-aG", "tty", self.name], check=True)
         entry = pwd.getpwnam(self.name)
         self.uid, self.gid, self.home = entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)
 
@@ -139,13 +145,23 @@ class ScratchUser:
         return "\n".join(parts)
 
     def remove(self) -> None:
-        """End the user's processes (by PID) and remove the user and its home."""
+        """End the user's processes (by PID), delete its temporary files, remove it and its home."""
         end_processes(self.pids())
-        subprocess.run(["userdel", "-r", "-f", self.name], capture_output=True)
         for temp in ALLOWED_TEMP:
             subprocess.run(
-                ["find", temp, "-xdev", "-user", self.name, "-delete"], capture_output=True
+                ["find", temp, "-xdev", "-uid", str(self.uid), "-delete"], capture_output=True
             )
+        subprocess.run(["userdel", "-r", "-f", self.name], capture_output=True)
+
+
+def _devpts_lacks_tty_group() -> bool:
+    """Whether /dev/pts is mounted without ``gid=5`` (new ptys then get the user's group)."""
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 3 and fields[1] == "/dev/pts":
+                return "gid=5" not in fields[3].split(",")
+    return False
 
 
 def api(url: str, token: str, method: str = "GET", body: dict | None = None) -> tuple[int, dict]:

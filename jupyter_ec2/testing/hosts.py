@@ -463,10 +463,7 @@ class SSHHost:
             "PermitRootLogin prohibit-password",
             "AllowTcpForwarding yes",
             "X11Forwarding no",
-            # A non-root sshd must chown a new pty to the tty group, which fails where devpts
-            # is mounted without gid=5 (as here): the whole connection would end. Without root,
-            # refuse ptys; clients that ask for one (the forward's -tt session) carry on without.
-            f"PermitTTY {'yes' if os.geteuid() == 0 else 'no'}",
+            "PermitTTY yes",
             "PrintMotd no",
             "PrintLastLog no",
             "UseDNS no",
