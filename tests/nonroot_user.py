@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -39,6 +40,11 @@ class ScratchUser:
 
     def __init__(self) -> None:
         self.name = "jec2demo" + secrets.token_hex(4)
+        # Files a removed user left behind keep its uid, which a new user may get: only files
+        # changed after this marker count as this user's.
+        fd, marker = tempfile.mkstemp(prefix="jec2demo-since-")
+        os.close(fd)
+        self.since = marker
         subprocess.run(
             ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", self.name],
             check=True,
@@ -129,7 +135,20 @@ class ScratchUser:
         for path in prune:
             expression += ["-path", path, "-o"]
         done = subprocess.run(
-            ["find", "/", "(", *expression[:-1], ")", "-prune", "-o", "-user", self.name, "-print"],
+            [
+                "find",
+                "/",
+                "(",
+                *expression[:-1],
+                ")",
+                "-prune",
+                "-o",
+                "-user",
+                self.name,
+                "-newer",
+                self.since,
+                "-print",
+            ],
             capture_output=True,
             text=True,
         )
@@ -152,6 +171,7 @@ class ScratchUser:
                 ["find", temp, "-xdev", "-uid", str(self.uid), "-delete"], capture_output=True
             )
         subprocess.run(["userdel", "-r", "-f", self.name], capture_output=True)
+        Path(self.since).unlink(missing_ok=True)
 
 
 def _devpts_lacks_tty_group() -> bool:
