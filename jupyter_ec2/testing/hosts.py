@@ -12,7 +12,9 @@ instance changes nothing, and with a boot delay a booting instance reads ``pendi
 host is up.
 
 The instance host is this machine: processes are only ever ended by PID, never this process or
-one of its ancestors.
+one of its ancestors. Run as root, any user of the machine may log in (the default login user is
+root); run as anyone else, sshd runs as that user, who is then the only one who can log in and
+the default login user (:func:`current_user`), and the harness writes only under ``workdir``.
 """
 
 from __future__ import annotations
