@@ -12,7 +12,9 @@ PIP := $(PY) -m pip
 JUPYTER := $(VENV)/bin/jupyter
 # The "instance image": an interpreter any user can run (as on a Deep Learning AMI), used by the
 # `existing` environment kind in tests and the demo, and a wheel cache for the `pip` kind.
-SIM_DIR ?= /opt/jupyter-ec2-sim
+# Root keeps it in /opt (shared with the notebook users it creates); anyone else in their own
+# cache directory, so `make demo` as an ordinary user writes nothing outside the home.
+SIM_DIR ?= $(if $(filter 0,$(shell id -u)),/opt/jupyter-ec2-sim,$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/jupyter-ec2-sim)
 IMAGE_PY := $(SIM_DIR)/image-python/bin/python
 # Bump when the image's packages change, so existing machines get them too.
 IMAGE_STAMP := $(SIM_DIR)/image-python/.image-v2
@@ -26,7 +28,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test test-fast lint install system-deps sim-image cloud-init-schema clean bench
 
 demo: install sim-image
-	$(PY) -m jupyter_ec2.testing.demo
+	JUPYTER_EC2_SIM_DIR=$(SIM_DIR) $(PY) -m jupyter_ec2.testing.demo
 
 test: install sim-image cloud-init-schema lint
 	JEC2_REQUIRE_CLOUD_INIT=1 $(PY) -m pytest $(PYTEST_ARGS)

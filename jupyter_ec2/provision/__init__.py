@@ -41,6 +41,7 @@ from .params import (
     new_token,
     remote_base_url,
     remote_paths,
+    user_mode_status_file,
     validate_abs_path,
     validate_instance_id,
     validate_password_hash,
@@ -769,7 +770,10 @@ class Provisioner(LoggingConfigurable):
         parameters = shlex.quote(f"{stage}/params.json")
         command = (
             f'if [ "$(id -u)" = 0 ]; then exec /bin/bash {script} {parameters}; '
-            f"else exec sudo -n /bin/bash {script} {parameters}; fi"
+            f"elif sudo -n true 2>/dev/null; then exec sudo -n /bin/bash {script} {parameters}; "
+            # No root and no sudo: the script runs in user mode if the login user is the
+            # notebook user, and says what is missing otherwise.
+            f"else exec /bin/bash {script} {parameters}; fi"
         )
         try:
             sftp = conn.open_sftp()
@@ -880,14 +884,19 @@ class Provisioner(LoggingConfigurable):
     ) -> IdleStatus | None:
         """The watchdog's last report, or None when the instance has none (auto-stop off or
         not provisioned)."""
-        path = remote_paths(validate_instance_id(instance_id)).status_file
+        instance_id = validate_instance_id(instance_id)
+        # Where root keeps it, else where a provisioning without root did (relative: the home).
+        paths = (remote_paths(instance_id).status_file, user_mode_status_file(instance_id))
         with self.connect(target, facts=facts, timeout=timeout) as conn:
             sftp = conn.open_sftp()
             try:
-                with sftp.open(path, "r") as f:
-                    data = f.read(64 * 1024)
-            except FileNotFoundError:
-                return None
+                data = None
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError), sftp.open(path, "r") as f:
+                        data = f.read(64 * 1024)
+                        break
+                if data is None:
+                    return None
             except OSError as err:
                 raise SSHError(f"Could not read the idle status: {err}") from None
             finally:

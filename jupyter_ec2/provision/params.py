@@ -36,6 +36,10 @@ PARAMS_VERSION = 1
 #: Where provisioning keeps an instance's files on the host (one directory per instance id).
 REMOTE_STATE_ROOT = "/var/lib/jupyter-ec2"
 
+#: Where provisioning without root (user mode: the notebook user itself, no sudo) keeps an
+#: instance's files, relative to that user's home (SFTP paths are relative to it too).
+USER_MODE_STATE_ROOT = ".local/state/jupyter-ec2"
+
 #: The prefix of the service (systemd unit) names; the instance id follows.
 SERVICE_PREFIX = "jupyter-ec2-"
 
@@ -121,6 +125,11 @@ def remote_paths(instance_id: str) -> RemotePaths:
         service_name=f"{SERVICE_PREFIX}{instance_id}",
         watchdog_service_name=f"{SERVICE_PREFIX}{instance_id}-watchdog",
     )
+
+
+def user_mode_status_file(instance_id: str) -> str:
+    """The idle status file of ``instance_id`` when provisioned without root (home-relative)."""
+    return f"{USER_MODE_STATE_ROOT}/{validate_instance_id(instance_id)}/idle-status.json"
 
 
 def remote_base_url(base_url: str, instance_id: str) -> str:

@@ -2,7 +2,8 @@
 # jupyter-ec2: make this host serve one instance's Jupyter server, idempotently.
 #
 # Shipped in the jupyter_ec2 package, uploaded with a JSON parameter file (and watchdog.py next
-# to it) and run as root (through sudo when the login user is not root):
+# to it) and run as root (through sudo when the login user is not root), or without root by the
+# notebook user itself ("user mode": state in its home, no system services):
 #
 #   setup.sh PARAMS.json                    provision; a second run changes nothing and says so
 #   setup.sh --print-params PARAMS.json     print the parameters as this script holds them (JSON)
@@ -37,6 +38,10 @@ if [[ -z ${JEC2_CLEAN_ENV:-} ]]; then
 fi
 
 STATE_ROOT=/var/lib/jupyter-ec2
+# User mode (run without root by the notebook user itself, e.g. the demo as an ordinary user or on
+# Binder): the state lives in that user's home and files root would own are the user's own.
+USER_MODE=""
+ADMIN=0:0
 
 # -- reading the parameter file --------------------------------------------------------------
 
@@ -372,6 +377,7 @@ on_signal() { exit $((128 + $1)); }
 # must be root's); sets FILE_CHANGED and marks the step changed when anything differs.
 install_file() {
   local src=$1 dest=$2 mode=$3 owner=$4 tmp
+  [[ $owner == 0:0 ]] && owner=$ADMIN
   tmp=$(mktemp "${dest%/*}/.jupyter-ec2.XXXXXX")
   cat -- "$src" >"$tmp"
   chown -- "$owner" "$tmp"
@@ -396,12 +402,13 @@ alive() {
 }
 
 # trusted_pid PIDFILE — the PID in the file, if root may believe it: a regular file (no
-# symlink) owned by root and writable by root only, in a directory only root can write.
+# symlink) owned by root and writable by root only, in a directory only root can write. In user
+# mode "root" is the user running this script (ADMIN), the only one who could signal anyway.
 trusted_pid() {
-  local file=$1 pid
+  local file=$1 pid owner=${ADMIN%:*}
   [[ -f $file && ! -L $file ]] || return 1
-  [[ $(stat -c '%u %a' -- "$file") =~ ^0\ [0-7][0-5][0-5]$ ]] || return 1
-  [[ $(stat -c '%u %a' -- "${file%/*}") =~ ^0\ [0-7][0-5][0-5]$ ]] || return 1
+  [[ $(stat -c '%u %a' -- "$file") =~ ^$owner\ [0-7][0-5][0-5]$ ]] || return 1
+  [[ $(stat -c '%u %a' -- "${file%/*}") =~ ^$owner\ [0-7][0-5][0-5]$ ]] || return 1
   pid=$(head -c 20 -- "$file" 2>/dev/null | tr -dc 0-9) || return 1
   [[ -n $pid ]] || return 1
   echo "$pid"
@@ -446,7 +453,7 @@ as_user() {
   (cd "$NB_HOME" 2>/dev/null || cd /; exec "${AS_USER[@]}" "$@")
 }
 
-have_systemd() { [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; }
+have_systemd() { [[ -z $USER_MODE && -d /run/systemd/system ]] && command -v systemctl >/dev/null; }
 
 check_unit_word() {
   [[ $1 =~ ^/[A-Za-z0-9._+/-]+$ ]] || die "the path $1 cannot go into a systemd unit"
@@ -512,7 +519,7 @@ step_host_key() {
       die "cannot rotate the host key: no ssh service runs and $pid_file names no running sshd (c.Provisioner.sshd_pid_file; or rotate_host_key = False)"
     how=pid:$pid
   fi
-  [[ -f $key_file && ! -L $key_file && $(stat -c %u -- "${key_file%/*}") == 0 ]] ||
+  [[ -f $key_file && ! -L $key_file && $(stat -c %u -- "${key_file%/*}") == "${ADMIN%:*}" ]] ||
     die "cannot rotate the host key: $key_file is not sshd's host key file (c.Provisioner.sshd_host_key_file)"
   command -v ssh-keygen >/dev/null || die "cannot rotate the host key: ssh-keygen is missing"
   ssh-keygen -q -t ed25519 -N "" -C "jupyter-ec2-$ID" -f "$WORK/host_key" </dev/null >/dev/null
@@ -546,8 +553,8 @@ step_user() {
   NB_GID=$(id -g -- "$NB_USER")
   NB_HOME=$(getent passwd "$NB_USER" | cut -d: -f6)
   [[ -d $NB_HOME ]] || die "the home directory of $NB_USER does not exist"
-  if [[ $NB_USER == root ]]; then
-    AS_USER=(/usr/bin/env -i "HOME=$NB_HOME" USER=root LOGNAME=root SHELL=/bin/bash
+  if [[ $NB_UID == "$(id -u)" ]]; then
+    AS_USER=(/usr/bin/env -i "HOME=$NB_HOME" "USER=$NB_USER" "LOGNAME=$NB_USER" SHELL=/bin/bash
       "PATH=$STD_PATH" LANG=C.UTF-8)
   else
     AS_USER=(setpriv "--reuid=$NB_UID" "--regid=$NB_GID" --init-groups
@@ -750,7 +757,7 @@ step_tls() {
     if [[ ! -f $dir/cert.pem || ! -f $dir/key.pem ]] ||
       ! openssl x509 -checkend 604800 -noout -in "$dir/cert.pem" >/dev/null 2>&1; then
       echo "making a self-signed certificate for 127.0.0.1 and localhost"
-      install -d -m 0755 -o 0 -g 0 -- "$dir"
+      install -d -m 0755 -o "${ADMIN%:*}" -g "${ADMIN#*:}" -- "$dir"
       openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
         -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
         -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>&1
@@ -990,7 +997,6 @@ provision() {
   trap 'on_signal 2' INT
   trap 'on_signal 13' PIPE
   trap 'on_signal 15' TERM
-  [[ $(id -u) == 0 ]] || die "setup.sh must run as root (through sudo when the login user is not root)"
   SCRIPT_DIR=$(cd "$(dirname -- "$0")" && pwd)
   WORK=$(mktemp -d /tmp/jupyter-ec2-work.XXXXXXXX)
   # Our own copy (root's, 0600, in WORK), and the uploaded file (it holds the token) goes now.
@@ -1008,6 +1014,15 @@ provision() {
   [[ $NB_USER =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "bad user name"
   STATE=$STATE_ROOT/$ID
   [[ ${P[state_dir]} == "$STATE" ]] || die "bad state directory"
+  if [[ $(id -u) != 0 ]]; then
+    [[ $NB_USER == "$(id -un)" ]] ||
+      die "setup.sh must run as root (the login user needs passwordless sudo), or as the notebook user $NB_USER itself"
+    USER_MODE=1
+    ADMIN=$(id -u):$(id -g)
+    STATE_ROOT=$(getent passwd "$NB_USER" | cut -d: -f6)/.local/state/jupyter-ec2
+    STATE=$STATE_ROOT/$ID
+    echo "running without root as $NB_USER: state in $STATE, no system services"
+  fi
   SERVICE=jupyter-ec2-$ID
   WATCHDOG=jupyter-ec2-$ID-watchdog
   CONFIG=$STATE/jupyter_server_config.json
@@ -1018,7 +1033,7 @@ provision() {
   [[ $BASE_PY == /* ]] || BASE_PY=$(command -v -- "$BASE_PY") || die "this host has no ${P[base_python]}"
   APT_ROOT=${P[apt.root]}
   APT_TIMEOUT=${P[apt.timeout]%.*}
-  install -d -m 0755 -o 0 -g 0 -- "$STATE_ROOT" "$STATE"
+  install -d -m 0755 -o "${ADMIN%:*}" -g "${ADMIN#*:}" -- "$STATE_ROOT" "$STATE"
   # Uploads of this instance that an interrupted run left behind (a run deletes its own at once).
   find /tmp -maxdepth 1 -type d -name "jupyter-ec2-$ID-*" -mmin +1 \
     -exec rm -f -- '{}/params.json' \; 2>/dev/null || true

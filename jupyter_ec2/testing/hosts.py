@@ -12,7 +12,9 @@ instance changes nothing, and with a boot delay a booting instance reads ``pendi
 host is up.
 
 The instance host is this machine: processes are only ever ended by PID, never this process or
-one of its ancestors.
+one of its ancestors. Run as root, any user of the machine may log in (the default login user is
+root); run as anyone else, sshd runs as that user, who is then the only one who can log in and
+the default login user (:func:`current_user`), and the harness writes only under ``workdir``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,19 @@ _CAT = os.path.realpath("/bin/cat")  # sshd wants a root-owned absolute path, no
 
 RUNNING_STATES = {"running"}
 DOWN_STATES = {"stopping", "stopped", "shutting-down", "terminated"}
+
+
+# -- who we are -------------------------------------------------------------------------------
+
+
+def current_user() -> str:
+    """The name of the user this process runs as: the login user of every host by default.
+
+    As root, every user of the machine can log in to a host (and provisioning may create a
+    notebook user); otherwise sshd runs as this user and only this user can log in, so the login
+    and notebook users are both this user (NOTES.md).
+    """
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -231,7 +246,7 @@ class SSHHost:
         workdir: str | Path,
         host_key_private: str,
         authorized_keys: list[str],
-        login_user: str = "root",
+        login_user: str | None = None,
         *,
         port: int | None = None,
         avoid_ports: set[int] | frozenset[int] = frozenset(),
@@ -239,7 +254,7 @@ class SSHHost:
         sshd_path: str = SSHD,
     ):
         self.workdir = Path(workdir)
-        self.login_user = login_user
+        self.login_user = login_user or current_user()
         self.process_marker = process_marker
         self._key = _load_ed25519(host_key_private)
         self._authorized_keys = [k.strip() for k in authorized_keys if k and k.strip()]
@@ -442,7 +457,7 @@ class SSHHost:
             # running as us.
             "AuthorizedKeysFile .ssh/authorized_keys",
             f"AuthorizedKeysCommand {_CAT} {_quote(self.authorized_keys_path)}",
-            f"AuthorizedKeysCommandUser {pwd.getpwuid(os.geteuid()).pw_name}",
+            f"AuthorizedKeysCommandUser {current_user()}",
             "PubkeyAuthentication yes",
             "UsePAM no",
             "PasswordAuthentication no",
@@ -632,7 +647,7 @@ class InstanceHosts:
         cloud: SimulatedCloud,
         workdir: str | Path,
         boot_delay: float = 0.0,
-        login_user: str = "root",
+        login_user: str | None = None,
         *,
         poll_interval: float | None = 0.25,
         regions: list[str] | None = None,
@@ -641,7 +656,7 @@ class InstanceHosts:
         self.workdir = Path(workdir)
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.boot_delay = boot_delay
-        self.login_user = login_user
+        self.login_user = login_user or current_user()
         self.poll_interval = poll_interval
         self.regions = list(regions or [cloud.region])
         self._clients = {region: cloud.client("ec2", region=region) for region in self.regions}
