@@ -75,6 +75,9 @@ jupyter_ec2/labextension/static/style.js: $(VENV)/.base labextension/node_module
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.base jupyter_ec2/labextension/static/style.js pyproject.toml
+	# A reinstall would write the wheel's shared data (install.json) through the develop link
+	# below into the source tree, and a wheel built from that tree then holds it twice.
+	rm -rf $(VENV)/share/jupyter/labextensions/jupyter-ec2 jupyter_ec2/labextension/install.json
 	$(PIP) install -q -e ".[test]"
 	# Editable installs leave the labextension in the source tree: link it where JupyterLab looks.
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(JUPYTER) labextension develop --overwrite . >/dev/null
