@@ -587,3 +587,54 @@ def _key_pair_keys(client: Any, key_name: str | None) -> list[str]:
 def _stop_in_cloud(client: Any, instance_id: str) -> None:
     """An instance shut itself down: EC2 then reports it stopped."""
     client.stop_instances(InstanceIds=[instance_id])
+
+
+# -- entry points for tests, benches and the demo --------------------------------------------
+
+
+def make_instance_hosts(
+    cloud: Any, workdir: str | Path, *, boot_delay: float = 0.0, kind: str = "auto"
+) -> tuple[Any, str]:
+    """Instance hosts of the wanted kind: ``container``, ``sshd`` or ``auto`` (container if
+    this machine can run them); returns ``(InstanceHosts, kind used)``."""
+    from .hosts import InstanceHosts
+
+    if kind not in ("auto", "container", "sshd"):
+        raise ValueError(f"kind must be auto, container or sshd, not {kind!r}")
+    reason = available() if kind != "sshd" else "sshd asked for"
+    if kind == "container" and reason:
+        raise RuntimeError(f"Container instance hosts are unavailable: {reason}.")
+    if reason:
+        return InstanceHosts(cloud, workdir, boot_delay=boot_delay), "sshd"
+    host_kind = ContainerKind(workdir)
+    try:
+        hosts = InstanceHosts(
+            cloud, workdir, boot_delay=boot_delay, login_user=LOGIN_USER, host_kind=host_kind
+        )
+    except Exception:
+        host_kind.close()
+        raise
+    return hosts, "container"
+
+
+def container_config(base: dict[str, Any], *, environment: dict | None = None) -> dict[str, Any]:
+    """Turn a :func:`~jupyter_ec2.testing.demo.simulated_config` into one for container hosts.
+
+    Profiles launch ``debian-12``, SSH logs in as ``admin``, the environment is ``pip`` (from
+    the harness's package index, which the containers' pip.conf names), and the idle stop
+    command is the real one (it powers the container off).
+    """
+    config = {section: dict(values) for section, values in base.items()}
+    config["Provisioner"].update(
+        {
+            "login_user": LOGIN_USER,
+            "environment": environment or {"kind": "pip", "packages": ["jupyterlab"]},
+            "idle_stop_command": "sudo shutdown -h now",
+        }
+    )
+    config["Provisioner"].pop("wheel_dir", None)
+    profiles = config["EC2Launcher"].get("profiles") or {}
+    config["EC2Launcher"]["profiles"] = {
+        name: {**profile, "ami": "debian-12"} for name, profile in profiles.items()
+    }
+    return config
