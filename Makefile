@@ -29,16 +29,16 @@ ROOTFS_HASH := $(shell cat $(ROOTFS_RECIPE) 2>/dev/null | sha256sum | cut -c1-16
 CONTAINER_DIR := $(SIM_DIR)/container
 CONTAINER_STAMP := $(CONTAINER_DIR)/.recipe-$(ROOTFS_HASH)
 
-.PHONY: demo test test-fast lint install system-deps sim-image container-root clean bench
+.PHONY: demo test test-fast lint install system-deps sim-image container-root cloud-init-schema clean bench
 
 demo: install sim-image container-root
 	$(PY) -m jupyter_ec2.testing.demo
 
-test: install sim-image container-root lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install sim-image container-root cloud-init-schema lint
+	JEC2_REQUIRE_CLOUD_INIT=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install sim-image
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: install sim-image cloud-init-schema
+	JEC2_REQUIRE_CLOUD_INIT=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check jupyter_ec2 tests bench
@@ -89,7 +89,7 @@ $(VENV)/.installed: $(VENV)/.base jupyter_ec2/labextension/static/style.js pypro
 	$(JUPYTER) server extension enable --sys-prefix jupyter_ec2 >/dev/null
 	touch $@
 
-sim-image: $(IMAGE_STAMP) $(WHEELS)/.done
+sim-image: $(IMAGE_STAMP) $(WHEELS)/.done-v2
 
 $(IMAGE_STAMP):
 	@[ "$$(id -u)" = 0 ] || [ -w "$$(dirname $(SIM_DIR))" ] || { echo "$(SIM_DIR) must be writable: run 'sudo make sim-image' once, or set SIM_DIR"; exit 1; }
@@ -101,9 +101,11 @@ $(IMAGE_STAMP):
 	touch $@
 
 # Downloaded by the image's interpreter, so the wheels fit its Python (Debian's, not the venv's).
-$(WHEELS)/.done: $(IMAGE_STAMP)
+# pip's own wheel is there for hosts whose python3 has no ensurepip (provisioning adds pip to a
+# venv made --without-pip from it).
+$(WHEELS)/.done-v2: $(IMAGE_STAMP)
 	mkdir -p $(WHEELS)
-	$(SIM_DIR)/image-python/bin/pip download -q -d $(WHEELS) jupyterlab
+	$(SIM_DIR)/image-python/bin/pip download -q -d $(WHEELS) jupyterlab pip
 	chmod -R a+rX $(SIM_DIR)
 	touch $@
 
@@ -116,6 +118,25 @@ container-root:
 	  jupyter_ec2/testing/rootfs/build-root.sh $(CONTAINER_DIR) && touch $(CONTAINER_STAMP); \
 	fi
 
+# cloud-init's own validator (`cloud-init schema`), from Debian's packages but NOT installed: an
+# installed cloud-init would make this machine look like an instance that never booted (its
+# `cloud-init status --wait` blocks). The packages are downloaded and unpacked into a cache the
+# project owns; tests run /usr/bin/python3 on the unpacked CLI with PYTHONPATH pointing there
+# (tests/test_userdata.py). The package list is the recipe: editing it rebuilds the cache.
+CLOUD_INIT_DIR := .cache/cloud-init
+CLOUD_INIT_PACKAGES := tests/cloud-init-packages.txt
+
+cloud-init-schema: $(CLOUD_INIT_DIR)/.done
+
+$(CLOUD_INIT_DIR)/.done: $(CLOUD_INIT_PACKAGES)
+	rm -rf $(CLOUD_INIT_DIR) && mkdir -p $(CLOUD_INIT_DIR)/debs
+	cd $(CLOUD_INIT_DIR)/debs && apt-get download -q $$(grep -v '^#' $(CURDIR)/$(CLOUD_INIT_PACKAGES)) 2>&1 | grep -v unsandboxed || true
+	for deb in $(CLOUD_INIT_DIR)/debs/*.deb; do dpkg-deb -x "$$deb" $(CLOUD_INIT_DIR)/root || exit 1; done
+	[ "$$(ls $(CLOUD_INIT_DIR)/debs/*.deb | wc -l)" = "$$(grep -cv '^#' $(CLOUD_INIT_PACKAGES))" ] || { echo "apt-get download missed a package of $(CLOUD_INIT_PACKAGES)"; exit 1; }
+	printf '#cloud-config\nssh_deletekeys: true\n' >$(CLOUD_INIT_DIR)/probe.yaml
+	PYTHONPATH=$(CLOUD_INIT_DIR)/root/usr/lib/python3/dist-packages /usr/bin/python3 $(CLOUD_INIT_DIR)/root/usr/bin/cloud-init schema --config-file $(CLOUD_INIT_DIR)/probe.yaml
+	touch $@
+
 clean:
 	rm -rf $(VENV) labextension/node_modules labextension/lib jupyter_ec2/labextension \
-	  labextension/tsconfig.tsbuildinfo tests/artifacts
+	  labextension/tsconfig.tsbuildinfo tests/artifacts .cache

@@ -137,8 +137,8 @@ class EC2Launcher(ExtensionApp):
 
         self.store = StateStore(self.state_dir)
         self.backend = self.backend_class(parent=self, store=self.store)
-        self.provisioner = self.provisioner_class(parent=self)
-        self.tunnels = self.tunnel_class(parent=self)
+        self.provisioner = self.provisioner_class(parent=self, store=self.store)
+        self.tunnels = self.tunnel_class(parent=self, store=self.store)
         # One login user for provisioning and forwards (an ssh_config User still wins for both).
         self.tunnels.default_user = self.provisioner.login_user
         self.profile_set = self.load_profile_set(self.backend, self.provisioner)

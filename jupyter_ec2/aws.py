@@ -340,14 +340,18 @@ _CloudConfigDumper.add_representer(str, _str_representer)
 def build_user_data(host_key: KeyMaterial) -> str:
     """The instance's cloud-config: install our host key and nothing else secret.
 
-    cloud-init deletes the image's host keys (``ssh_deletekeys``), generates none of its own
-    (``ssh_genkeytypes: []``, so sshd can only answer with the pinned ed25519 key) and installs
-    the one generated locally for this launch. Root login and password SSH stay off. The Jupyter
-    token never goes here: user-data is readable by anyone on the instance through IMDS.
+    cloud-init deletes the image's host keys (``ssh_deletekeys``) and installs the one generated
+    locally for this launch (``ssh_keys``); given ``ssh_keys`` it generates no key of its own, so
+    sshd answers only with the pinned ed25519 key (the client asks for that type alone). Root
+    login and password SSH stay off. Every key here is valid for cloud-init's schema (``cloud-init
+    schema``, tests/test_userdata.py): an invalid one marks the boot degraded.
+
+    User-data is readable by every process on the instance through the metadata service, so the
+    Jupyter token never goes here, and the host key handed over here is replaced by one made on
+    the instance right after the first verified connection (``c.Provisioner.rotate_host_key``).
     """
     doc = {
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
         "ssh_keys": {
             "ed25519_private": host_key.private_openssh,
             "ed25519_public": host_key.public_openssh,

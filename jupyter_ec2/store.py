@@ -5,8 +5,13 @@ owner only (0600) from the moment it exists:
 
 - ``id_ed25519`` — the private half of the user's key pair, created once by exclusive create and
   never overwritten; a copy that others may read is refused, as OpenSSH refuses it.
-- ``host_keys/<instance-id>.pub`` — the public host key handed to an instance at launch; the first
-  SSH connection to the instance must present exactly this key.
+- ``host_keys/<instance-id>.pub`` — the pinned public host key: the one handed to an instance at
+  launch (its first SSH connection must present exactly this key), replaced once by the key the
+  instance made itself after that first verified connection (host key rotation).
+- ``host_keys/<instance-id>.next.pub`` — during a rotation: the new key, learnt over the verified
+  channel and pinned here *before* the instance starts using it, so no crash loses it.
+- ``host_keys/<instance-id>.retired.pub`` — after a rotation: the handed-over key, which no
+  longer authenticates the instance (kept to prove it, and to mark the rotation done).
 - ``<name>.json`` — records of later layers (instances, tokens, ports), each written atomically
   (a 0600 temporary file, then ``os.replace``), so a reader never sees half a file. Records that
   belong to one instance are named ``<instance-id>`` or ``<instance-id>.<what>`` (for example
@@ -181,12 +186,67 @@ class StateStore:
 
     def pinned_host_key(self, instance_id: str) -> str | None:
         """The pinned public host key (``ssh-ed25519 AAAA…``) of an instance, or None."""
-        path = self._host_key_path(instance_id)
+        return self._read_key(self._host_key_path(instance_id))
+
+    def _read_key(self, path: Path) -> str | None:
         try:
             text = path.read_text()
         except FileNotFoundError:
             return None
         return _validate_host_public_key(text)
+
+    def _side_key_path(self, instance_id: str, what: str) -> Path:
+        return self.root / HOST_KEYS_DIR / f"{validate_instance_id(instance_id)}.{what}.pub"
+
+    def begin_host_key_rotation(self, instance_id: str, current: str, new: str) -> None:
+        """Pin ``new`` as the coming host key of an instance whose pinned key is ``current``.
+
+        Called with a key learnt over a connection verified with ``current``, before the
+        instance switches to it; :meth:`finish_host_key_rotation` makes it the pinned key once a
+        connection has verified it. A different pinned key is refused (``ConflictError``).
+        """
+        current, new = _validate_host_public_key(current), _validate_host_public_key(new)
+        with self._lock:
+            if self.pinned_host_key(instance_id) != current:
+                raise ConflictError(
+                    f"Instance {instance_id}'s pinned host key changed during the rotation."
+                )
+            path = self._side_key_path(instance_id, "next")
+            self._ensure_private_dir(path.parent)
+            self._atomic_write(path, new + "\n")
+
+    def pending_host_key(self, instance_id: str) -> str | None:
+        """The key of a rotation begun but not finished, or None."""
+        return self._read_key(self._side_key_path(instance_id, "next"))
+
+    def finish_host_key_rotation(self, instance_id: str, new: str) -> None:
+        """Make the pending key ``new`` the pinned one; the old one is kept as retired.
+
+        Repeating it for a key already pinned is a no-op; any key but the pending one is
+        refused (``ConflictError``).
+        """
+        new = _validate_host_public_key(new)
+        with self._lock:
+            pinned = self.pinned_host_key(instance_id)
+            pending_path = self._side_key_path(instance_id, "next")
+            if pinned == new:
+                with contextlib.suppress(FileNotFoundError):
+                    pending_path.unlink()
+                return
+            if self.pending_host_key(instance_id) != new:
+                raise ConflictError(f"{instance_id}: that host key was never pinned as coming.")
+            if pinned is not None:
+                self._atomic_write(self._side_key_path(instance_id, "retired"), pinned + "\n")
+            self._atomic_write(self._host_key_path(instance_id), new + "\n")
+            pending_path.unlink()
+
+    def retired_host_key(self, instance_id: str) -> str | None:
+        """The handed-over key a finished rotation replaced, or None (not rotated)."""
+        return self._read_key(self._side_key_path(instance_id, "retired"))
+
+    def host_key_rotated(self, instance_id: str) -> bool:
+        """Whether the instance's handed-over host key was replaced by one it made itself."""
+        return self._side_key_path(instance_id, "retired").exists()
 
     # -- generic JSON records ----------------------------------------------------------------
 
@@ -231,8 +291,9 @@ class StateStore:
         """Remove everything kept for one instance: its pinned host key and its records."""
         validate_instance_id(instance_id)
         with self._lock:
-            with contextlib.suppress(FileNotFoundError):
-                self._host_key_path(instance_id).unlink()
+            for what in ("", ".next", ".retired"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / HOST_KEYS_DIR / f"{instance_id}{what}.pub").unlink()
             for path in self.root.glob(f"{instance_id}*.json"):
                 stem = path.name[: -len(".json")]
                 if stem == instance_id or stem.startswith(instance_id + "."):

@@ -41,6 +41,7 @@ small response written in two pieces stalls ~40 ms.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import errno
 import logging
@@ -62,7 +63,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paramiko
-from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
+from traitlets import Bool, Enum, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .errors import HostKeyMismatchError, SSHError
@@ -842,7 +843,7 @@ class Forward:
         manager = self.manager
         return LinkSpec(
             instance_id=self.instance_id,
-            target=self.target,
+            target=manager.current_target(self.instance_id, self.target),
             remote_host=self.remote_host,
             remote_port=self.remote_port,
             local_port=self.local_port,
@@ -1112,6 +1113,20 @@ class TunnelManager(LoggingConfigurable):
         from jupyter_core.paths import jupyter_runtime_dir
 
         return os.path.join(jupyter_runtime_dir(), "jupyter_ec2")
+
+    store = Instance(
+        "jupyter_ec2.store.StateStore",
+        allow_none=True,
+        help="Where host keys are pinned (set by the extension): every (re)connect trusts the "
+        "key pinned there now, so a forward follows a host key rotation.",
+    )
+
+    def current_target(self, instance_id: str, target: SSHTarget) -> SSHTarget:
+        """``target`` with the host key pinned for the instance now (the store's, if any)."""
+        pinned = self.store.pinned_host_key(instance_id) if self.store is not None else None
+        if pinned and pinned != " ".join(target.host_public_key.split()[:2]):
+            return dataclasses.replace(target, host_public_key=pinned)
+        return target
 
     def __init__(
         self,

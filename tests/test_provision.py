@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import pwd
@@ -22,6 +24,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -37,6 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import jupyter_ec2.provision
 from jupyter_ec2.errors import HostKeyMismatchError, ValidationError
 from jupyter_ec2.keys import KeyMaterial, generate_ed25519
 from jupyter_ec2.provision import (
@@ -58,6 +62,7 @@ from jupyter_ec2.testing.hosts import (
     generate_host_key,
     processes_with_marker,
 )
+from jupyter_ec2.tunnel import TunnelManager
 
 IMAGE_PYTHON = Path("/opt/jupyter-ec2-sim/image-python/bin/python")
 WHEELS = Path("/opt/jupyter-ec2-sim/wheels")
@@ -290,6 +295,9 @@ def make_provisioner(user: str, stop_command: str, **traits) -> Provisioner:
         idle_stop_command=stop_command,
         connect_timeout=20,
         ready_timeout=60,
+        # The module's hosts share one sshd whose key the fixtures pin: rotation has its own
+        # host and store (test_host_key_is_rotated_after_first_contact).
+        rotate_host_key=False,
     )
     values.update(traits)
     return Provisioner(**values)
@@ -943,3 +951,388 @@ def test_pip_kind_installs_from_a_local_wheel_cache(leftovers, target):
     again = provisioner.provision(target, instance_id, "/", token=result.token)
     assert again.changed_steps == ()
     print(f"pip kind: {seconds:.1f} s from the wheel cache")
+
+
+# -- a host without ensurepip, with apt locked (issue 11) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def python_without_ensurepip() -> Iterator[Path]:
+    """A real CPython whose standard library lacks ``ensurepip``, as stock Debian and Ubuntu
+    ship it (ensurepip is the separate ``python3-venv`` package there).
+
+    Real: Debian's own python3.11 binary (copied) and its own standard library (linked entry by
+    entry). Simulated: only the missing module — this machine has python3-venv installed, so
+    the copy leaves ``ensurepip`` out instead of uninstalling anything.
+    """
+    real = Path(os.path.realpath("/usr/bin/python3"))
+    stdlib = Path("/usr/lib") / real.name
+    root = Path(tempfile.mkdtemp(prefix="jec2-nopip-"))
+    try:
+        os.chmod(root, 0o755)  # noqa: S103 - the notebook user runs it
+        (root / "bin").mkdir(mode=0o755)
+        (root / "lib" / real.name).mkdir(mode=0o755, parents=True)
+        shutil.copy2(real, root / "bin" / "python3")
+        for entry in stdlib.iterdir():
+            if entry.name != "ensurepip":
+                (root / "lib" / real.name / entry.name).symlink_to(entry)
+        python = root / "bin" / "python3"
+        check = subprocess.run([str(python), "-c", "import ensurepip"], capture_output=True)
+        assert check.returncode != 0, "the copy still has ensurepip"
+        yield python
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class AptLocks:
+    """apt's and dpkg's four locks, under an apt root of a temporary directory, held (fcntl
+    write locks, as apt takes them) by a separate process until released, for at least
+    ``minimum`` seconds. Never this machine's real /var/lib/dpkg: other work here needs it."""
+
+    HOLDER = (
+        "import fcntl, os, sys, time\n"
+        "held = []\n"
+        "for path in sys.argv[2:]:\n"
+        "    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    held.append(fd)\n"
+        "started = time.monotonic()\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+        "time.sleep(max(0.0, float(sys.argv[1]) - (time.monotonic() - started)))\n"
+    )
+
+    def __init__(self, root: Path, minimum: float):
+        self.root = root
+        self.paths = [
+            root / "var/lib/dpkg/lock-frontend",
+            root / "var/lib/dpkg/lock",
+            root / "var/lib/apt/lists/lock",
+            root / "var/cache/apt/archives/lock",
+        ]
+        for path in self.paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["/usr/bin/python3", "-c", self.HOLDER, str(minimum), *map(str, self.paths)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout.readline().strip() == "locked"
+
+    @property
+    def holding(self) -> bool:
+        """Whether the holder still runs (and so still holds every lock)."""
+        return self.process.poll() is None
+
+    def release(self) -> None:
+        """Let the holder go once its minimum is over, and wait for it."""
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not any(WHEELS.glob("pip-*.whl")) or not any(WHEELS.glob("jupyterlab-*.whl")),
+    reason=f"the wheel cache {WHEELS} lacks pip or jupyterlab: run `make sim-image`",
+)
+def test_pip_kind_without_ensurepip_succeeds_while_apt_and_dpkg_are_locked(
+    leftovers, target, python_without_ensurepip, tmp_path
+):
+    """The first boot of a stock image: python3 without ensurepip, apt's daily job holding the
+    dpkg and apt locks. Real: sshd, the setup script, pip, the venv, the Jupyter server, fcntl
+    locks held by another process on apt's own lock file names. Simulated: the interpreter
+    lacks ensurepip by construction (see the fixture), and the locks live under an apt root
+    in a temporary directory (``c.Provisioner.apt_root``), not this machine's /var/lib/dpkg.
+    Without the ensurepip-less bootstrap the environment step has to go to apt, which gives up
+    on the held locks (test_apt_fallback_waits_then_names_the_lock_holder shows how)."""
+    # Given a host whose python3 has no ensurepip, and apt's four locks held for at least 20 s
+    instance_id, user = leftovers.new()
+    locks = AptLocks(tmp_path / "apt-root", minimum=20)
+    try:
+        provisioner = make_provisioner(
+            user,
+            "touch /nonexistent-never-run",
+            environment={"kind": "pip", "packages": []},
+            wheel_dir=str(WHEELS),
+            base_python=str(python_without_ensurepip),
+            apt_root=str(locks.root),
+            apt_timeout=5,
+            idle_stop_minutes=0,
+            ready_timeout=120,
+        )
+        progress: list[tuple[str, int, str]] = []
+
+        # When the pip kind is provisioned while the locks are held
+        result = provisioner.provision(
+            target, instance_id, "/", lambda *event: progress.append(event)
+        )
+        still_locked = locks.holding
+    finally:
+        locks.release()
+
+    # Then it succeeded without apt, while the locks were held throughout
+    assert still_locked
+    texts = [text for step, _, text in progress if step == "environment"]
+    assert any("has no ensurepip" in text for text in texts), texts
+    assert not any("apt" in text.split() or "python3-venv" in text for text in texts), texts
+    # And the venv is made from that interpreter, with pip, and serves Jupyter
+    home = pwd.getpwnam(user).pw_dir
+    venv = Path(home, ".jupyter-ec2", instance_id, "venv")
+    config = (venv / "pyvenv.cfg").read_text()
+    assert str(python_without_ensurepip.parent) in config
+    check = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    wait_until_serving(result)
+
+
+def test_apt_fallback_waits_then_names_the_lock_holder(
+    leftovers, target, python_without_ensurepip, tmp_path
+):
+    """Where apt is the only way left (no ensurepip, no pip wheel to be had), provisioning
+    waits for apt's locks and, giving up, names the holder's pid and command. Real: the setup
+    script, fcntl locks held by another process. Simulated: the apt root is a temporary
+    directory (the script's lock paths follow ``c.Provisioner.apt_root``), so apt-get itself
+    is never reached on this machine."""
+    # Given no ensurepip, a wheel directory without pip, and apt's locks held
+    instance_id, user = leftovers.new()
+    wheels = Path(tempfile.mkdtemp(prefix="jec2-wheels-"))
+    os.chmod(wheels, 0o755)  # noqa: S103 - the notebook user reads it
+    locks = AptLocks(tmp_path / "apt-root", minimum=0)
+    try:
+        provisioner = make_provisioner(
+            user,
+            "touch /nonexistent-never-run",
+            environment={"kind": "pip", "packages": []},
+            wheel_dir=str(wheels),
+            base_python=str(python_without_ensurepip),
+            apt_root=str(locks.root),
+            apt_timeout=3,
+            idle_stop_minutes=0,
+        )
+
+        # When the environment step runs
+        with pytest.raises(ProvisionError) as failed:
+            provisioner.provision(target, instance_id, "/")
+    finally:
+        locks.release()
+        shutil.rmtree(wheels, ignore_errors=True)
+
+    # Then it says pip could not be had, waited for apt, and names who holds the lock
+    error = failed.value
+    assert error.step == "environment"
+    output = "\n".join(error.output)
+    assert "holds no pip wheel" in output
+    assert "waiting for apt" in output
+    assert f"pid {locks.process.pid} (" in str(error)
+    assert "fcntl" in str(error)  # the holder's command line
+    assert "stayed locked for 3 s" in str(error)
+
+
+# -- parameter files and pid files (issue 18) ------------------------------------------------------
+
+
+def test_interrupted_provisioning_leaves_no_parameter_file(leftovers, client_key, tmp_path):
+    """The parameter file holds the remote token. Real: sshd, the setup script, its run ended
+    mid-way by the host going away (every process of the session gets SIGTERM, as at a power
+    loss with an orderly kernel, and the SSH connection drops), so the uploader cannot clean up."""
+    # Given a host of its own, and a provisioning run cut off once its first step began
+    host = SSHHost(tmp_path / "host", generate_host_key(), [client_key.public_openssh])
+    host.start()
+    instance_id, user = leftovers.new()
+    token = secrets.token_hex(32)
+    target = SSHTarget("127.0.0.1", host.host_public_key, client_key, port=host.port)
+    provisioner = make_provisioner(user, "touch /nonexistent-never-run", connect_timeout=2)
+
+    def cut(step: str, percent: int, text: str) -> None:
+        if step == "user" and host.is_running:
+            host.stop()  # the sshd and every process of its sessions, the script included
+
+    # When it runs and is cut off
+    try:
+        with pytest.raises((ProvisionError, SSHConnectError)):
+            provisioner.provision(target, instance_id, "/", cut, token=token)
+    finally:
+        host.stop()
+    wait_for(lambda: not processes_with_marker(instance_id), 10, "the script to end")
+
+    # Then no file under /tmp holds the token: not the upload, not the script's private copy
+    holders = []
+    for path in Path("/tmp").glob("jupyter-ec2-*/**/*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and token.encode() in path.read_bytes():
+                holders.append(str(path))
+    assert holders == []
+
+
+def test_root_signals_no_pid_from_a_pid_file_the_notebook_user_wrote(leftovers, target):
+    """Real: the setup script as root, a pid file written as the notebook user (who owns the
+    run directory), and a root process the forged file points at."""
+    # Given a provisioned instance, and a root process whose command line names its state dir
+    instance_id, user = leftovers.new()
+    provisioner = make_provisioner(user, "touch /nonexistent-never-run", idle_stop_minutes=0)
+    provisioner.provision(target, instance_id, "/")
+    paths = remote_paths(instance_id)
+    victim = subprocess.Popen(
+        ["/usr/bin/python3", "-c", "import time; time.sleep(300)", paths.state_dir]
+    )
+    try:
+        # And the notebook user's pid files in its run directory point at that process
+        account = pwd.getpwnam(user)
+        for name in ("supervisor.pid", "server.pid"):
+            forged = Path(paths.run_dir, name)
+            forged.write_text(f"{victim.pid}\n")
+            os.chown(forged, account.pw_uid, account.pw_gid)
+
+        # When provisioning runs again with a new token (the server must restart)
+        result = provisioner.provision(target, instance_id, "/")
+
+        # Then root signalled only its own supervisor: the root process lives, the server answers
+        assert victim.poll() is None
+        wait_until_serving(result)
+        assert Path(paths.supervisor_pid).stat().st_uid == 0
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_miniforge_checksum_mismatch_is_refused(tmp_path):
+    # Given a downloaded installer and its published SHA-256, and a tampered copy
+    installer = tmp_path / "Miniforge3-Linux-x86_64.sh"
+    installer.write_bytes(b"#!/bin/sh\necho installer\n")
+    digest = hashlib.sha256(installer.read_bytes()).hexdigest()
+    sums = tmp_path / "Miniforge3-Linux-x86_64.sh.sha256"
+    sums.write_text(f"{digest}  Miniforge3-Linux-x86_64.sh\n")
+    tampered = tmp_path / "tampered.sh"
+    tampered.write_bytes(b"#!/bin/sh\necho evil\n")
+    script = Path(jupyter_ec2.provision.__file__).with_name("setup.sh")
+
+    # When the setup script's check compares them
+    def check(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["/bin/bash", str(script), "--verify-sha256", str(path), str(sums)],
+            capture_output=True,
+            text=True,
+        )
+
+    good, bad = check(installer), check(tampered)
+
+    # Then the real installer passes and the tampered one is refused with both digests named
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert bad.returncode != 0
+    assert digest in bad.stdout + bad.stderr
+    assert "refusing to run it" in bad.stdout + bad.stderr
+
+
+# -- host key rotation (issue 11) ------------------------------------------------------------------
+
+
+def test_host_key_is_rotated_after_first_contact(leftovers, client_key, tmp_path):
+    """Real: OpenSSH's sshd reading its HostKey file, the setup script making the new key with
+    ssh-keygen on the host and sending sshd SIGHUP (as `systemctl reload ssh` does), paramiko
+    and the state store on disk. The host's key file and pid file are those of a private sshd
+    (c.Provisioner.sshd_host_key_file / sshd_pid_file) instead of /etc/ssh and /run."""
+    from jupyter_ec2.store import StateStore
+
+    # Given an instance host with the handed-over key pinned in a state store
+    handed_over = generate_host_key()
+    host = SSHHost(tmp_path / "host", handed_over, [client_key.public_openssh])
+    host.start()
+    try:
+        instance_id, user = leftovers.new()
+        store = StateStore(tmp_path / "state")
+        store.pin_host_key(instance_id, host.host_public_key)
+        old_key = " ".join(host.host_public_key.split()[:2])
+        target = SSHTarget("127.0.0.1", old_key, client_key, port=host.port)
+        provisioner = make_provisioner(
+            user,
+            "touch /nonexistent-never-run",
+            idle_stop_minutes=0,
+            rotate_host_key=True,
+            sshd_host_key_file=str(host.host_key_path),
+            sshd_pid_file=str(host.pid_path),
+            store=store,
+        )
+
+        # When it is provisioned
+        result = provisioner.provision(target, instance_id, "/")
+
+        # Then a new key made on the host is pinned, and it is the one sshd now reads
+        new_key = store.pinned_host_key(instance_id)
+        assert new_key is not None and new_key != old_key
+        assert result.host_public_key == new_key
+        assert store.retired_host_key(instance_id) == old_key
+        assert store.pending_host_key(instance_id) is None
+        assert host.host_key_path.read_text() != handed_over
+        assert "host-key" in result.changed_steps
+        # And the handed-over key no longer authenticates the instance
+        with pytest.raises(HostKeyMismatchError):
+            connect(target, default_user="root", timeout=5)
+        with connect(
+            dataclasses.replace(target, host_public_key=new_key), default_user="root", timeout=10
+        ):
+            pass
+        # And after a local restart (a new store on the same directory) the pin is still there,
+        # and provisioning again connects with it and rotates nothing
+        again_store = StateStore(tmp_path / "state")
+        assert again_store.pinned_host_key(instance_id) == new_key
+        provisioner.store = again_store
+        again = provisioner.provision(target, instance_id, "/", token=result.token)
+        assert again.host_public_key == new_key
+        assert again.changed_steps == ()
+        # And a forward opened with the launch-time target writes the rotated key into its
+        # known_hosts (the store's pin), so it comes up and carries the remote server
+        tunnels = TunnelManager(store=again_store, default_user="root", runtime_dir="")
+        try:
+            forward = tunnels.open(instance_id, target, again.port)
+            url = f"http://127.0.0.1:{forward.local_port}{again.base_url}api/status"
+            assert http_get(url, again.token)[0] == 200
+        finally:
+            tunnels.close_all()
+    finally:
+        host.stop()
+
+
+def test_rotation_cut_short_after_the_switch_is_finished_on_the_next_run(
+    leftovers, client_key, tmp_path
+):
+    """The crash window: the instance switched to the new key, the local side never heard it
+    worked. Real: sshd, the script, the store; the cut is a store left as the crash leaves it."""
+    from jupyter_ec2.store import StateStore
+
+    # Given a host that already answers with a new key pinned as coming, the old one still pinned
+    host = SSHHost(tmp_path / "host", generate_host_key(), [client_key.public_openssh])
+    old_key = " ".join(host.host_public_key.split()[:2])
+    coming = generate_host_key()
+    host.host_key_path.parent.mkdir(mode=0o700, parents=True)
+    host._key = serialization.load_ssh_private_key(coming.encode(), password=None)
+    host.start()
+    try:
+        instance_id, user = leftovers.new()
+        store = StateStore(tmp_path / "state")
+        store.pin_host_key(instance_id, old_key)
+        coming_key = " ".join(host.host_public_key.split()[:2])
+        store.begin_host_key_rotation(instance_id, old_key, coming_key)
+        provisioner = make_provisioner(
+            user,
+            "touch /nonexistent-never-run",
+            idle_stop_minutes=0,
+            rotate_host_key=True,
+            sshd_host_key_file=str(host.host_key_path),
+            sshd_pid_file=str(host.pid_path),
+            store=store,
+        )
+        target = SSHTarget("127.0.0.1", old_key, client_key, port=host.port)
+
+        # When provisioning runs
+        result = provisioner.provision(target, instance_id, "/")
+
+        # Then the coming key became the pin, and no second rotation was made
+        assert store.pinned_host_key(instance_id) == coming_key == result.host_public_key
+        assert store.retired_host_key(instance_id) == old_key
+        assert "host-key" not in result.changed_steps
+    finally:
+        host.stop()

@@ -9,6 +9,7 @@ import base64
 import json
 import shlex
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -630,3 +631,21 @@ def test_deadline_diagnosis_in_plain_words(kind, facts, words):
     # Then the message names the likely cause, not "timed out"
     assert words in text
     assert "12 attempts over 300 s" in text
+
+
+def test_watchdog_states_and_checks_the_python_it_needs():
+    # Given the watchdog shipped to instances
+    from jupyter_ec2.provision import watchdog
+
+    # When its stated minimum and its check are read
+    problem = watchdog.python_problem((3, 6, 15, "final", 0))
+
+    # Then it claims 3.7 (datetime.fromisoformat is 3.7's), refuses 3.6 saying what to do,
+    # and accepts this interpreter
+    assert watchdog.MIN_PYTHON == (3, 7)
+    assert "Python 3.7 or newer" in " ".join(watchdog.__doc__.split())
+    assert "3.6" not in watchdog.__doc__
+    assert problem is not None and "3.7" in problem and "3.6.15" in problem
+    assert "idle_stop_minutes = 0" in problem
+    assert watchdog.python_problem(sys.version_info) is None
+    assert watchdog.main(["--check"]) == 0

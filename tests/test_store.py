@@ -246,3 +246,55 @@ def test_forget_removes_only_that_instance(tmp_path):
     assert store.read_json(INSTANCE) == {"id": INSTANCE}
     assert store.read_json(f"{INSTANCE}.token") == {"t": 1}
     assert store.read_json("ports") == {"x": 1}
+
+
+def _pub(material) -> str:
+    return " ".join(material.public_openssh.split()[:2])
+
+
+def test_host_key_rotation_pins_the_new_key_and_retires_the_old(tmp_path, umask_zero):
+    # Given an instance pinned with its handed-over key
+    store = StateStore(tmp_path / "state")
+    handed_over, made_there = _pub(generate_ed25519()), _pub(generate_ed25519())
+    store.pin_host_key(INSTANCE, handed_over)
+    assert not store.host_key_rotated(INSTANCE)
+
+    # When a rotation begins (the new key learnt over a verified session) and finishes
+    store.begin_host_key_rotation(INSTANCE, handed_over, made_there)
+    during = (store.pinned_host_key(INSTANCE), store.pending_host_key(INSTANCE))
+    store.finish_host_key_rotation(INSTANCE, made_there)
+
+    # Then the old key stayed pinned until the finish, and the new one is pinned after it,
+    # in 0600 files, surviving a new store on the same directory (a local restart)
+    assert during == (handed_over, made_there)
+    again = StateStore(tmp_path / "state")
+    assert again.pinned_host_key(INSTANCE) == made_there
+    assert again.retired_host_key(INSTANCE) == handed_over
+    assert again.pending_host_key(INSTANCE) is None
+    assert again.host_key_rotated(INSTANCE)
+    for path in (tmp_path / "state" / "host_keys").iterdir():
+        assert _mode(path) == 0o600
+    # And finishing again is a no-op
+    again.finish_host_key_rotation(INSTANCE, made_there)
+    assert again.pinned_host_key(INSTANCE) == made_there
+
+
+def test_host_key_rotation_refuses_keys_it_did_not_begin_with(tmp_path):
+    # Given a pinned instance
+    store = StateStore(tmp_path / "state")
+    pinned, other, stranger = (_pub(generate_ed25519()) for _ in range(3))
+    store.pin_host_key(INSTANCE, pinned)
+
+    # When a rotation is begun from a key that is not the pinned one, or finished with a key
+    # never pinned as coming
+    with pytest.raises(ConflictError):
+        store.begin_host_key_rotation(INSTANCE, other, stranger)
+    store.begin_host_key_rotation(INSTANCE, pinned, other)
+    with pytest.raises(ConflictError):
+        store.finish_host_key_rotation(INSTANCE, stranger)
+
+    # Then nothing changed, and forget removes every host key file of the instance
+    assert store.pinned_host_key(INSTANCE) == pinned
+    assert store.pending_host_key(INSTANCE) == other
+    store.forget(INSTANCE)
+    assert list((tmp_path / "state" / "host_keys").iterdir()) == []

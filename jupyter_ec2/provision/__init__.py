@@ -15,6 +15,8 @@ before anything connects, so a bad value fails with a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import io
 import json
 import os
@@ -28,10 +30,10 @@ from importlib import resources
 from typing import Any
 
 import paramiko
-from traitlets import Bool, Dict, Float, Int, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Instance, Int, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from ..errors import SSHError, ValidationError
+from ..errors import HostKeyMismatchError, SSHError, ValidationError
 from ..models import validate_environment, validate_idle_stop_minutes
 from . import params as _params
 from .params import (
@@ -69,6 +71,7 @@ STEP_LABELS = {
     "connect": "Connecting over SSH",
     "upload": "Uploading the setup script",
     "cloud-init": "Waiting for cloud-init to finish",
+    "host-key": "Replacing the handed-over host key",
     "user": "Setting up the notebook user",
     "environment": "Preparing the Python environment",
     "notebooks": "Creating ~/notebooks",
@@ -80,6 +83,7 @@ STEP_LABELS = {
 }
 
 _UNCHANGED_TEXT = {
+    "host-key": "The host key was rotated before",
     "cloud-init": "cloud-init is done",
     "ready": "Jupyter answers with the token",
 }
@@ -87,6 +91,7 @@ _UNCHANGED_TEXT = {
 #: The steps of ``setup.sh`` in order.
 SCRIPT_STEPS = (
     "cloud-init",
+    "host-key",
     "user",
     "environment",
     "notebooks",
@@ -125,6 +130,7 @@ class ProvisionResult:
     steps: tuple[str, ...]
     changed_steps: tuple[str, ...]
     log_lines: tuple[str, ...] = field(repr=False, default=())
+    host_public_key: str | None = None  # the key pinned for the instance after this run
 
     @property
     def changed(self) -> bool:
@@ -221,6 +227,8 @@ class _ScriptOutput:
         self.ended = False
         self.lines: list[str] = []
         self.tail: deque[str] = deque(maxlen=tail)
+        #: ``::result KEY VALUE`` lines that want an answer on the script's stdin.
+        self.answers: dict[str, Callable[[str], str]] = {}
 
     def redact(self, line: str) -> str:
         for secret in self.secrets:
@@ -231,7 +239,7 @@ class _ScriptOutput:
         if self.on_progress is not None:
             self.on_progress(self.step, self.percent, text)
 
-    def feed(self, raw: str) -> None:
+    def feed(self, raw: str) -> str | None:
         line = self.redact(raw)
         words = line.split()
         if line.startswith("::step ") and len(words) == 3:
@@ -251,6 +259,8 @@ class _ScriptOutput:
                 self.progress(_UNCHANGED_TEXT.get(name, f"{label}: already done"))
         elif line.startswith("::result ") and len(words) >= 3:
             self.results[words[1]] = line.split(None, 2)[2]
+            if words[1] in self.answers:
+                return self.answers[words[1]](self.results[words[1]])
         elif line.startswith("::fail ") and len(words) >= 2:
             self.failed_step = words[1]
         elif line.strip() == "::end":
@@ -260,6 +270,7 @@ class _ScriptOutput:
             self.lines.append(line)
             self.tail.append(line)
             self.progress(line)
+        return None
 
     def reason(self) -> str:
         for line in reversed(self.tail):
@@ -369,9 +380,66 @@ class Provisioner(LoggingConfigurable):
         help="Shut down kernels idle for this many seconds on the remote server (0 = never).",
     ).tag(config=True)
 
-    log_tail_lines = Int(
-        40, help="How many output lines of a failed step its error keeps."
+    base_python = Unicode(
+        "python3",
+        help="The host's own interpreter (a name on the standard PATH, or an absolute path): "
+        "the pip kind makes its venv from it and the idle watchdog runs on it (3.7 or newer).",
     ).tag(config=True)
+
+    package_index_url = Unicode(
+        _params.DEFAULT_INDEX_URL,
+        help="The package index (simple API) the pip kind gets pip from when the host's python3 "
+        "has no ensurepip (stock Debian and Ubuntu images), so no apt is needed. Not used "
+        "with wheel_dir, which must then hold a pip wheel.",
+    ).tag(config=True)
+
+    cloud_init_timeout = Float(
+        900,
+        help="Seconds provisioning waits for a running cloud-init to finish (a host where "
+        "cloud-init never ran is not waited for); its reported problems go to the log.",
+    ).tag(config=True)
+
+    apt_timeout = Float(
+        600,
+        help="Seconds provisioning waits for apt's locks (apt's daily jobs hold them after a "
+        "first boot) when apt is the only way left; the lock holder is named on giving up.",
+    ).tag(config=True)
+
+    apt_root = Unicode(
+        "/",
+        help="Where apt keeps its state on the host (apt's Dir): '/' on a real instance; a "
+        "directory for chroots and tests, whose locks provisioning then waits on.",
+    ).tag(config=True)
+
+    rotate_host_key = Bool(
+        True,
+        help="After the first connection verified with the host key handed over in the "
+        "user-data, replace it by a key made on the instance, learnt over that connection and "
+        "pinned in the state directory; the handed-over key (readable through the instance "
+        "metadata service) then no longer authenticates the instance. Needs a state store.",
+    ).tag(config=True)
+
+    sshd_host_key_file = Unicode(
+        "/etc/ssh/ssh_host_ed25519_key",
+        help="The instance sshd's ed25519 HostKey file, which rotation replaces; "
+        "'{instance_id}' in it is replaced (for hosts that serve several instances).",
+    ).tag(config=True)
+
+    sshd_pid_file = Unicode(
+        "/run/sshd.pid",
+        help="sshd's PidFile on the instance: rotation sends that sshd SIGHUP to load the new "
+        "key where no ssh/sshd systemd service runs; '{instance_id}' in it is replaced.",
+    ).tag(config=True)
+
+    store = Instance(
+        "jupyter_ec2.store.StateStore",
+        allow_none=True,
+        help="Where host keys are pinned (set by the extension); rotation needs it.",
+    )
+
+    log_tail_lines = Int(40, help="How many output lines of a failed step its error keeps.").tag(
+        config=True
+    )
 
     # -- defaults and validation ----------------------------------------------------------------
 
@@ -431,6 +499,23 @@ class Provisioner(LoggingConfigurable):
     def _check_cull(self, proposal: Any) -> float:
         return float(validate_seconds(proposal["value"], "kernel_cull_idle_seconds"))
 
+    @validate("base_python")
+    def _check_base_python(self, proposal: Any) -> str:
+        return _params.validate_program(proposal["value"], "base_python")
+
+    @validate("package_index_url")
+    def _check_index_url(self, proposal: Any) -> str:
+        return _params.validate_index_url(proposal["value"])
+
+    @validate("cloud_init_timeout", "apt_timeout")
+    def _check_wait(self, proposal: Any) -> float:
+        return float(validate_seconds(proposal["value"], proposal["trait"].name, minimum=1))
+
+    @validate("apt_root")
+    def _check_apt_root(self, proposal: Any) -> str:
+        value = proposal["value"]
+        return "/" if value == "/" else validate_abs_path(value, "apt_root")
+
     @validate("log_tail_lines")
     def _check_tail(self, proposal: Any) -> int:
         value = proposal["value"]
@@ -476,7 +561,23 @@ class Provisioner(LoggingConfigurable):
             kernel_cull_idle_seconds=self.kernel_cull_idle_seconds,
             ready_timeout=self.ready_timeout,
             fast=fast,
+            base_python=self.base_python,
+            index_url=self.package_index_url,
+            cloud_init_timeout=self.cloud_init_timeout,
+            apt_root=self.apt_root,
+            apt_timeout=self.apt_timeout,
+            rotate_host_key=self._should_rotate(instance_id),
+            sshd_host_key_file=self.sshd_host_key_file,
+            sshd_pid_file=self.sshd_pid_file,
         )
+
+    def _should_rotate(self, instance_id: str) -> bool:
+        if not self.rotate_host_key:
+            return False
+        if self.store is None:
+            self.log.warning("jupyter-ec2: no state store, so the host key is not rotated")
+            return False
+        return not self.store.host_key_rotated(instance_id)
 
     def connect(
         self,
@@ -542,11 +643,24 @@ class Provisioner(LoggingConfigurable):
         def retrying(failure: ConnectFailure) -> None:
             output.progress(f"SSH is not reachable yet ({failure.detail}); trying again")
 
-        with self.connect(target, facts=facts, on_retry=retrying) as conn:
+        conn, target = self._connect_current(target, instance_id, facts, retrying)
+        # Connecting may have finished a rotation cut short: decide now whether one is due.
+        rotate = self._should_rotate(instance_id)
+        if rotate != parameters["host_key"]["rotate"]:
+            parameters = dict(parameters, host_key={**parameters["host_key"], "rotate": rotate})
+            payload = _params.params_json(parameters)
+        if rotate:
+            output.answers["host_key_next"] = functools.partial(
+                self._pin_coming_key, instance_id, target.host_public_key
+            )
+        with conn:
             output.step, output.percent = "upload", 3
             output.progress(STEP_LABELS["upload"] + "…")
             files = {"setup.sh": script, "watchdog.py": watchdog, "params.json": payload}
             result = self._run_script(conn, instance_id, files, output)
+        if "host_key" in output.results:
+            output.step = "host-key"
+            target = self._finish_rotation(target, instance_id, output.results["host_key"])
 
         if result.exit_status != 0 or not output.ended:
             step = output.failed_step or output.step
@@ -570,7 +684,76 @@ class Provisioner(LoggingConfigurable):
             steps=tuple(output.steps),
             changed_steps=tuple(output.changed),
             log_lines=tuple(output.lines),
+            host_public_key=" ".join(target.host_public_key.split()[:2]),
         )
+
+    # -- host key rotation ----------------------------------------------------------------------
+
+    def _connect_current(
+        self,
+        target: SSHTarget,
+        instance_id: str,
+        facts: Any,
+        on_retry: Callable[[ConnectFailure], None] | None,
+    ) -> tuple[SSHConnection, SSHTarget]:
+        """A session with the key pinned now; a rotation cut short is finished on the way.
+
+        When the instance refuses the pinned key but proves the key a begun rotation pinned as
+        coming (the crash came between the switch and the finish), that key becomes the pin.
+        """
+        store = self.store
+        if store is not None:
+            pinned = store.pinned_host_key(instance_id)
+            if pinned and pinned != " ".join(target.host_public_key.split()[:2]):
+                target = dataclasses.replace(target, host_public_key=pinned)
+        try:
+            return self.connect(target, facts=facts, on_retry=on_retry), target
+        except HostKeyMismatchError:
+            coming = store.pending_host_key(instance_id) if store is not None else None
+            if coming is None:
+                raise
+            target = dataclasses.replace(target, host_public_key=coming)
+            conn = self.connect(target, facts=facts, on_retry=on_retry)
+            store.finish_host_key_rotation(instance_id, coming)
+            self.log.info("jupyter-ec2: %s: finished a host key rotation cut short", instance_id)
+            return conn, target
+
+    def _pin_coming_key(self, instance_id: str, current: str, line: str) -> str:
+        """The script made a new host key: pin it as coming, then let the script switch."""
+        assert self.store is not None
+        self.store.begin_host_key_rotation(instance_id, current, line)
+        return "pinned\n"
+
+    def _finish_rotation(self, old: SSHTarget, instance_id: str, line: str) -> SSHTarget:
+        """Verify the instance now proves the new key and refuses the old; pin the new one."""
+        assert self.store is not None
+        new = dataclasses.replace(old, host_public_key=" ".join(line.split()[:2]))
+        deadline = time.monotonic() + 15
+        while True:  # sshd re-reads its keys on SIGHUP: a moment may pass
+            try:
+                with self.connect(new, timeout=15):
+                    break
+            except HostKeyMismatchError:
+                if time.monotonic() > deadline:
+                    raise ProvisionError(
+                        "host-key",
+                        "The instance made a new host key but its sshd still answers with the "
+                        "old one; check sshd_host_key_file and sshd_pid_file.",
+                    ) from None
+                time.sleep(0.2)
+        try:
+            with self.connect(old, timeout=15):
+                pass
+        except HostKeyMismatchError:
+            pass  # what we want: the handed-over key no longer authenticates the instance
+        else:
+            raise ProvisionError(
+                "host-key",
+                "The instance answers with the new host key, but the handed-over one still "
+                "authenticates it: its sshd has another HostKey file with that key.",
+            )
+        self.store.finish_host_key_rotation(instance_id, new.host_public_key)
+        return new
 
     def _run_script(
         self,
@@ -598,9 +781,7 @@ class Provisioner(LoggingConfigurable):
                     sftp.putfo(io.BytesIO(data), f"{stage}/{name}", confirm=True)
                     sftp.chmod(f"{stage}/{name}", 0o600)
             except _TRANSPORT_ERRORS as err:
-                raise ProvisionError(
-                    "upload", f"Could not upload the setup files: {err}"
-                ) from None
+                raise ProvisionError("upload", f"Could not upload the setup files: {err}") from None
             try:
                 return conn.run(command, on_line=output.feed, timeout=self.script_timeout)
             except SSHError as err:

@@ -54,6 +54,11 @@ _BASE_URL = re.compile(r"^/(?:[A-Za-z0-9._~%!$&'()*+,;=:@-]+/)*$")
 _ABS_PATH = re.compile(r"^/[A-Za-z0-9._+/-]{1,254}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 _COMMAND_WORD = re.compile(r"^[A-Za-z0-9._+/-]+$")
+_PROGRAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_INDEX_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?/(?:[A-Za-z0-9._~%+-]+/)*$")
+
+#: The package index the pip kind fetches pip from when python3 has no ensurepip.
+DEFAULT_INDEX_URL = "https://pypi.org/simple/"
 _ARGON2 = re.compile(
     r"^argon2:\$argon2(?:id|i|d)\$v=\d{1,3}\$m=\d{1,10},t=\d{1,10},p=\d{1,4}"
     r"\$[A-Za-z0-9+/]{8,128}={0,2}\$[A-Za-z0-9+/]{16,256}={0,2}$"
@@ -101,7 +106,7 @@ def remote_paths(instance_id: str) -> RemotePaths:
         config_file=f"{state}/jupyter_server_config.json",
         run_dir=run,
         server_log=f"{run}/server.log",
-        supervisor_pid=f"{run}/supervisor.pid",
+        supervisor_pid=f"{state}/supervisor.pid",
         server_pid=f"{run}/server.pid",
         status_file=f"{state}/idle-status.json",
         watchdog_settings=f"{state}/watchdog.json",
@@ -255,6 +260,26 @@ def validate_public_key(value: Any, field: str = "authorized_keys") -> str:
     return " ".join([key_type, parts[1]] + ([comment] if comment else []))
 
 
+def validate_program(value: Any, field: str) -> str:
+    """A program: an absolute path, or a plain name looked up on the host's standard PATH."""
+    value = _string(value, field, "a program name or absolute path", MAX_PATH_CHARS)
+    if value.startswith("/"):
+        return validate_abs_path(value, field)
+    if not _PROGRAM_NAME.match(value):
+        raise ValidationError(field, f"{field} must be a program name or an absolute path.")
+    return value
+
+
+def validate_index_url(value: Any, field: str = "package_index_url") -> str:
+    """A package index (PEP 503/691 simple API) URL: http(s), a host, a path ending in ``/``."""
+    value = _string(value, field, "a URL", 500)
+    if not _INDEX_URL.match(value):
+        raise ValidationError(
+            field, f"{field} must be an index URL such as {DEFAULT_INDEX_URL!r} (ending in '/')."
+        )
+    return value
+
+
 def validate_seconds(value: Any, field: str, *, minimum: float = 0) -> float:
     """A duration in seconds, finite, from ``minimum`` to a day."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -391,6 +416,14 @@ def build_params(
     kernel_cull_idle_seconds: float = 0,
     ready_timeout: float = 120,
     fast: bool = False,
+    base_python: str = "python3",
+    index_url: str = DEFAULT_INDEX_URL,
+    cloud_init_timeout: float = 900,
+    apt_root: str = "/",
+    apt_timeout: float = 600,
+    rotate_host_key: bool = False,
+    sshd_host_key_file: str = "/etc/ssh/ssh_host_ed25519_key",
+    sshd_pid_file: str = "/run/sshd.pid",
 ) -> dict[str, Any]:
     """The parameter file of ``setup.sh``: every value validated, nothing to interpret.
 
@@ -437,6 +470,22 @@ def build_params(
         "idle_stop_command": argv,
         "ready_timeout": validate_seconds(ready_timeout, "ready_timeout", minimum=1),
         "fast": bool(fast),
+        "base_python": validate_program(base_python, "base_python"),
+        "index_url": validate_index_url(index_url),
+        "cloud_init_timeout": validate_seconds(cloud_init_timeout, "cloud_init_timeout", minimum=1),
+        "host_key": {
+            "rotate": bool(rotate_host_key),
+            "key_file": validate_abs_path(
+                sshd_host_key_file.replace("{instance_id}", instance_id), "sshd_host_key_file"
+            ),
+            "sshd_pid_file": validate_abs_path(
+                sshd_pid_file.replace("{instance_id}", instance_id), "sshd_pid_file"
+            ),
+        },
+        "apt": {
+            "root": "/" if apt_root == "/" else validate_abs_path(apt_root, "apt_root"),
+            "timeout": validate_seconds(apt_timeout, "apt_timeout", minimum=1),
+        },
         "jupyter_config": build_jupyter_config(
             instance_id=instance_id,
             base_url=base_url,

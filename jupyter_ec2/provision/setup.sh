@@ -7,6 +7,14 @@
 #   setup.sh PARAMS.json                    provision; a second run changes nothing and says so
 #   setup.sh --print-params PARAMS.json     print the parameters as this script holds them (JSON)
 #   setup.sh --supervise STATE_DIR PYTHON   (internal) keep the server running, as the notebook user
+#   setup.sh --verify-sha256 FILE SUMS      (internal) FILE's SHA-256 is the one SUMS publishes
+#
+# The parameter file holds the remote token: the script keeps a private copy for its run and
+# deletes the uploaded file at once, and the copy goes on every exit path (error, signal, a
+# dropped connection); stale uploads of this instance from interrupted runs are removed too.
+#
+# Pid files: root only trusts pid files that root wrote into root's own directory ($STATE),
+# never one the notebook user can write, so no notebook-user file can make root signal a pid.
 #
 # Output, one marker per line among the commands' own output:
 #   ::step NAME PERCENT            a step begins
@@ -221,6 +229,107 @@ if status not in (401, 403):
 print("the Jupyter server answers on 127.0.0.1:%d with the token and refuses requests without it" % port)
 '
 
+# Who holds LOCKFILE...: "PID (COMMAND)" per holder, from /proc/locks (nothing is locked here).
+LOCK_HOLDERS_PY='
+import os, sys
+wanted = {}
+for path in sys.argv[1:]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        continue
+    wanted[(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)] = path
+holders = []
+with open("/proc/locks") as f:
+    for line in f:
+        words = line.split()
+        if "->" in words:
+            continue  # a waiter, not a holder
+        for i, word in enumerate(words):
+            if word.count(":") == 2 and i > 0:
+                major, minor, inode = word.split(":")
+                try:
+                    key = (int(major, 16), int(minor, 16), int(inode))
+                except ValueError:
+                    break
+                if key in wanted:
+                    pid = words[i - 1]
+                    try:
+                        with open("/proc/%s/cmdline" % pid, "rb") as c:
+                            command = c.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+                    except OSError:
+                        command = "?"
+                    holders.append("%s holds %s: pid %s (%s)" % ("a process", wanted[key], pid, command[:200]))
+                break
+print("\n".join(sorted(set(holders))))
+'
+
+# Installs pip into a venv made with --without-pip (when python3 has no ensurepip): from a pip
+# wheel in the wheel directory, or from the package index (its published SHA-256 checked).
+BOOTSTRAP_PIP_PY='
+import hashlib, json, os, re, subprocess, sys, urllib.parse, urllib.request
+venv_python, wheel_dir, index_url, work = sys.argv[1:5]
+name = re.compile(r"^pip-(\d+(?:\.\d+)*)-py3-none-any\.whl$")
+def key(filename):
+    return tuple(int(p) for p in name.match(filename).group(1).split("."))
+def compatible(spec):
+    # requires-python of pip releases: comma-separated >=, <, != clauses on X.Y[.Z].
+    here = sys.version_info[:3]
+    for clause in (spec or "").split(","):
+        m = re.match(r"^\s*(>=|<=|<|>|!=|==)\s*(\d+(?:\.\d+)*)(?:\.\*)?\s*$", clause)
+        if not m:
+            continue
+        want = tuple(int(p) for p in m.group(2).split("."))
+        have = here[: len(want)]
+        ok = {">=": have >= want, "<=": have <= want, "<": have < want, ">": have > want,
+              "!=": have != want, "==": have == want}[m.group(1)]
+        if not ok:
+            return False
+    return True
+if wheel_dir:
+    found = [f for f in os.listdir(wheel_dir) if name.match(f)]
+    if not found:
+        sys.exit("error: python3 has no ensurepip and the wheel directory %s holds no pip wheel (pip-*-py3-none-any.whl): add one" % wheel_dir)
+    wheel = os.path.join(wheel_dir, max(found, key=key))
+else:
+    url = urllib.parse.urljoin(index_url, "pip/")
+    request = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        files = json.load(answer).get("files", [])
+    choices = [f for f in files if name.match(f.get("filename", "")) and not f.get("yanked")
+               and compatible(f.get("requires-python")) and f.get("hashes", {}).get("sha256")]
+    if not choices:
+        sys.exit("error: the package index %s offers no pip wheel for this Python" % index_url)
+    best = max(choices, key=lambda f: key(f["filename"]))
+    wheel = os.path.join(work, best["filename"])
+    with urllib.request.urlopen(urllib.parse.urljoin(url, best["url"]), timeout=300) as answer:
+        data = answer.read()
+    if hashlib.sha256(data).hexdigest() != best["hashes"]["sha256"]:
+        sys.exit("error: the pip wheel from %s does not match its published SHA-256" % index_url)
+    with open(wheel, "wb") as f:
+        f.write(data)
+print("installing pip from " + wheel)
+subprocess.check_call([venv_python, os.path.join(wheel, "pip"), "install", "--no-index",
+    "--no-cache-dir", "--disable-pip-version-check", "--no-input", "--quiet", wheel])
+'
+
+SHA256_PY='
+import hashlib, re, sys
+path, sums = sys.argv[1], sys.argv[2]
+digest = hashlib.sha256()
+with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+with open(sums) as f:
+    words = f.read().split()
+published = words[0].lower() if words else ""
+if not re.match(r"^[0-9a-f]{64}$", published):
+    sys.exit("error: the published checksum file holds no SHA-256")
+if digest.hexdigest() != published:
+    sys.exit("error: the download has SHA-256 %s, but the published one is %s: refusing to run it" % (digest.hexdigest(), published))
+print("SHA-256 checked: " + published)
+'
+
 # -- output and bookkeeping ------------------------------------------------------------------
 
 CURRENT_STEP=start
@@ -250,9 +359,14 @@ step_done() {
 
 on_exit() {
   local code=$?
+  trap '' PIPE HUP INT TERM
   [[ -n ${WORK:-} ]] && rm -rf -- "$WORK"
-  if ((code != 0)); then echo "::fail $CURRENT_STEP $code"; fi
+  [[ -n ${UPLOADED_PARAMS:-} ]] && rm -f -- "$UPLOADED_PARAMS"
+  if ((code != 0)); then echo "::fail $CURRENT_STEP $code" 2>/dev/null || true; fi
 }
+
+# A signal or a dropped connection (SIGPIPE on the next write) ends the run through on_exit.
+on_signal() { exit $((128 + $1)); }
 
 # install_file SRC DEST MODE UID:GID — put SRC's content at DEST atomically (DEST's directory
 # must be root's); sets FILE_CHANGED and marks the step changed when anything differs.
@@ -281,27 +395,50 @@ alive() {
   [[ ${stat:0:1} != Z ]]
 }
 
-# pid_alive PIDFILE — the PID in the file is alive and its command line names this instance.
-pid_alive() {
-  local pid cmdline
-  [[ -f $1 ]] || return 1
-  pid=$(head -c 20 -- "$1" 2>/dev/null | tr -dc 0-9) || return 1
-  [[ -n $pid ]] && alive "$pid" || return 1
-  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ $cmdline == *"$STATE"* ]]
+# trusted_pid PIDFILE — the PID in the file, if root may believe it: a regular file (no
+# symlink) owned by root and writable by root only, in a directory only root can write.
+trusted_pid() {
+  local file=$1 pid
+  [[ -f $file && ! -L $file ]] || return 1
+  [[ $(stat -c '%u %a' -- "$file") =~ ^0\ [0-7][0-5][0-5]$ ]] || return 1
+  [[ $(stat -c '%u %a' -- "${file%/*}") =~ ^0\ [0-7][0-5][0-5]$ ]] || return 1
+  pid=$(head -c 20 -- "$file" 2>/dev/null | tr -dc 0-9) || return 1
+  [[ -n $pid ]] || return 1
+  echo "$pid"
 }
 
-# stop_pidfile PIDFILE — end that process (TERM, then KILL after 15 s).
+# write_pid PIDFILE PID — a pid file only root can write (PIDFILE's directory is root's).
+write_pid() {
+  local tmp
+  tmp=$(mktemp "${1%/*}/.jupyter-ec2-pid.XXXXXX")
+  echo "$2" >"$tmp"
+  chmod 0644 -- "$tmp"
+  mv -f -- "$tmp" "$1"
+}
+
+# pid_alive PIDFILE [WORD] — the trusted PID in the file is alive and its command line names
+# this instance (and WORD, when given).
+pid_alive() {
+  local pid cmdline
+  pid=$(trusted_pid "$1") || return 1
+  alive "$pid" || return 1
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmdline == *"$STATE"* && $cmdline == *"${2:-}"* ]]
+}
+
+# stop_pidfile PIDFILE [WORD] — end that process (TERM, then KILL of its process group after
+# 15 s: the supervisor leads its own session, so its server goes with it).
 stop_pidfile() {
   local pid i
-  pid_alive "$1" || return 0
-  pid=$(head -c 20 -- "$1" | tr -dc 0-9)
+  pid_alive "$1" "${2:-}" || return 0
+  pid=$(trusted_pid "$1")
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 150; i++)); do
-    alive "$pid" || return 0
+    alive "$pid" || { rm -f -- "$1"; return 0; }
     sleep 0.1
   done
-  kill -KILL "$pid" 2>/dev/null || true
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  rm -f -- "$1"
 }
 
 # as_user CMD... — run CMD as the notebook user, in its home, with a clean environment.
@@ -317,13 +454,81 @@ check_unit_word() {
 
 # -- the steps -------------------------------------------------------------------------------
 
+# The cloud-init wait: bounded; "never ran" (no /var/lib/cloud/instance, or status "not run" /
+# "disabled") is told from "still running"; problems it reports reach this log.
 step_cloud_init() {
   step cloud-init 5
-  if [[ $FAST != true ]] && command -v cloud-init >/dev/null; then
-    echo "waiting for cloud-init to finish"
-    timeout 900 cloud-init status --wait >/dev/null ||
-      echo "cloud-init reported a problem; carrying on"
+  local limit=${P[cloud_init_timeout]} status long rc=0
+  if [[ $FAST == true ]] || ! command -v cloud-init >/dev/null; then
+    step_done
+    return
   fi
+  status=$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p' | head -n 1) || true
+  if [[ ! -e /var/lib/cloud/instance || $status == "not run" || $status == disabled ]]; then
+    echo "cloud-init never ran on this host (status: ${status:-unknown}); not waiting for it"
+    step_done
+    return
+  fi
+  if [[ $status == running ]]; then
+    echo "waiting up to ${limit%.*} s for cloud-init to finish"
+    timeout "${limit%.*}" cloud-init status --wait >/dev/null 2>&1 || rc=$?
+    if ((rc == 124)); then
+      cloud-init status --long 2>&1 | sed 's/^/cloud-init: /' || true
+      die "cloud-init was still running after ${limit%.*} s; see /var/log/cloud-init-output.log on the instance"
+    fi
+  fi
+  rc=0
+  long=$(cloud-init status --long 2>&1) || rc=$?
+  if ((rc != 0)) || [[ $long == *degraded* ]]; then
+    echo "warning: cloud-init reported problems at boot (exit status $rc):"
+    sed 's/^/cloud-init: /' <<<"$long"
+  else
+    echo "cloud-init is done"
+  fi
+  step_done
+}
+
+# Host key rotation, after the first connection verified the handed-over key: a new key made
+# here, reported over this verified session, and used by sshd only once jupyter-ec2 answered
+# that it pinned it (so no crash loses the key that then authenticates the instance). The
+# handed-over key, readable through the metadata service, no longer authenticates this host.
+step_host_key() {
+  step host-key 8
+  if [[ ${P[host_key.rotate]} != true ]]; then
+    step_done
+    return
+  fi
+  local key_file=${P[host_key.key_file]} pid_file=${P[host_key.sshd_pid_file]}
+  local how="" pid unit public ack=""
+  # How sshd will re-read its keys, settled before anything changes.
+  if have_systemd; then
+    for unit in ssh sshd; do
+      if systemctl is-active --quiet -- "$unit.service"; then how=systemd:$unit; break; fi
+    done
+  fi
+  if [[ -z $how ]]; then
+    pid=$(trusted_pid "$pid_file") && alive "$pid" &&
+      [[ $(readlink "/proc/$pid/exe") == */sshd ]] ||
+      die "cannot rotate the host key: no ssh service runs and $pid_file names no running sshd (c.Provisioner.sshd_pid_file; or rotate_host_key = False)"
+    how=pid:$pid
+  fi
+  [[ -f $key_file && ! -L $key_file && $(stat -c %u -- "${key_file%/*}") == 0 ]] ||
+    die "cannot rotate the host key: $key_file is not sshd's host key file (c.Provisioner.sshd_host_key_file)"
+  command -v ssh-keygen >/dev/null || die "cannot rotate the host key: ssh-keygen is missing"
+  ssh-keygen -q -t ed25519 -N "" -C "jupyter-ec2-$ID" -f "$WORK/host_key" </dev/null >/dev/null
+  public=$(cut -d' ' -f1,2 <"$WORK/host_key.pub")
+  echo "made a new host key on this host: $public"
+  echo "::result host_key_next $public"
+  read -r -t 60 ack || true
+  [[ $ack == pinned ]] || die "jupyter-ec2 did not confirm that it pinned the new host key; nothing changed"
+  install_file "$WORK/host_key" "$key_file" 0600 0:0
+  install_file "$WORK/host_key.pub" "$key_file.pub" 0644 0:0
+  case $how in
+    systemd:*) systemctl reload -- "${how#systemd:}.service" ;;
+    pid:*) kill -HUP "${how#pid:}" ;;
+  esac
+  echo "sshd now answers with the new host key; the handed-over one no longer works"
+  echo "::result host_key $public"
   step_done
 }
 
@@ -369,13 +574,81 @@ step_user() {
   step_done
 }
 
-ensure_venv_support() {
-  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    command -v apt-get >/dev/null || die "python3 cannot make virtual environments here"
-    echo "installing python3-venv"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+# apt, only where nothing else works: wait (bounded) for apt's daily jobs and for the dpkg and
+# apt locks, pass DPkg::Lock::Timeout, retry `apt-get update`, and name the lock holder when
+# giving up. APT_ROOT relocates apt (its Dir) for chroots and tests; "/" is the host's own.
+APT_DIR_ARGS=()
+apt_locks() {
+  local root=${APT_ROOT%/}
+  printf '%s\n' "$root/var/lib/dpkg/lock-frontend" "$root/var/lib/dpkg/lock" \
+    "$root/var/lib/apt/lists/lock" "$root/var/cache/apt/archives/lock"
+}
+
+apt_busy() {
+  local locks=() holders unit
+  mapfile -t locks < <(apt_locks)
+  holders=$(python3 -c "$LOCK_HOLDERS_PY" "${locks[@]}")
+  if [[ $APT_ROOT == / ]] && have_systemd; then
+    for unit in apt-daily.service apt-daily-upgrade.service unattended-upgrades.service; do
+      if [[ $(systemctl is-active -- "$unit" 2>/dev/null) == activating ]]; then
+        holders+=${holders:+$'\n'}"$unit is running"
+      fi
+    done
   fi
+  [[ -n $holders ]] && echo "$holders"
+}
+
+apt_wait() {
+  local deadline=$1 holders="" said=0
+  while holders=$(apt_busy); do
+    if ((SECONDS >= deadline)); then
+      die "apt stayed locked for ${APT_TIMEOUT} s: $(tr '\n' ';' <<<"$holders" | sed 's/;$//')"
+    fi
+    ((said)) || { echo "waiting for apt: $(head -n 1 <<<"$holders")"; said=1; }
+    sleep 1
+  done
+}
+
+apt_install() {
+  local deadline=$((SECONDS + APT_TIMEOUT)) tries=0 left
+  [[ $APT_ROOT == / ]] || APT_DIR_ARGS=(-o "Dir=$APT_ROOT")
+  command -v apt-get >/dev/null || die "this host has no apt-get to install $*"
+  apt_wait "$deadline"
+  # `apt-get update` does not wait for its lock (apt 2.6): retry it until the deadline.
+  until DEBIAN_FRONTEND=noninteractive apt-get "${APT_DIR_ARGS[@]}" -qq update; do
+    tries=$((tries + 1))
+    ((SECONDS < deadline)) || die "apt-get update kept failing (${tries} tries)$(apt_busy | sed 's/^/; /' | tr -d '\n')"
+    sleep 5
+    apt_wait "$deadline"
+  done
+  left=$((deadline - SECONDS))
+  ((left > 10)) || left=10
+  DEBIAN_FRONTEND=noninteractive apt-get "${APT_DIR_ARGS[@]}" -o "DPkg::Lock::Timeout=$left" \
+    install -y -qq "$@" || die "apt-get install $* failed$(apt_busy | sed 's/^/; /' | tr -d '\n')"
+}
+
+# make_venv VENV — a virtual environment with pip, from the host's python3 ($BASE_PY). Without
+# ensurepip (stock Debian and Ubuntu lack it: it is python3-venv), the venv is made without pip
+# and pip comes as a wheel (the wheel directory, or the package index); apt is the last resort.
+make_venv() {
+  local venv=$1
+  if [[ -x $venv/bin/python ]] && as_user "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    return 0
+  fi
+  if as_user "$BASE_PY" -c 'import ensurepip, venv' 2>/dev/null; then
+    echo "creating a virtual environment with pip"
+    as_user "$BASE_PY" -m venv -- "$venv"
+    return 0
+  fi
+  echo "$BASE_PY has no ensurepip: creating the virtual environment without pip, then adding pip"
+  if as_user "$BASE_PY" -m venv --without-pip -- "$venv" &&
+    as_user "$BASE_PY" -c "$BOOTSTRAP_PIP_PY" "$venv/bin/python" "${P[wheel_dir]}" \
+      "${P[index_url]}" "$ENV_DIR"; then
+    return 0
+  fi
+  echo "could not add pip without apt; installing python3-venv with apt"
+  apt_install python3-venv
+  as_user "$BASE_PY" -m venv --clear -- "$venv"
 }
 
 install_pip_env() {
@@ -391,13 +664,11 @@ install_pip_env() {
   as_user mkdir -p -m 0700 -- "$ENV_DIR"
   if command -v uv >/dev/null; then
     echo "creating a virtual environment with uv"
-    [[ -x $venv/bin/python ]] || as_user env UV_PYTHON_DOWNLOADS=never uv venv --python python3 -- "$venv"
+    [[ -x $venv/bin/python ]] || as_user env UV_PYTHON_DOWNLOADS=never uv venv --python "$BASE_PY" -- "$venv"
     as_user env UV_PYTHON_DOWNLOADS=never "${pip_env[@]}" uv pip install --python "$venv/bin/python" \
       "${source_args[@]}" -- "${packages[@]}"
   else
-    ensure_venv_support
-    echo "creating a virtual environment with pip"
-    [[ -x $venv/bin/python ]] || as_user python3 -m venv -- "$venv"
+    make_venv "$venv"
     as_user env "${pip_env[@]}" "$venv/bin/python" -m pip install --disable-pip-version-check \
       --no-input --progress-bar off "${source_args[@]}" -- "${packages[@]}"
   fi
@@ -412,15 +683,21 @@ install_conda_env() {
   if [[ ! -x $prefix/bin/conda ]]; then
     url=${P[environment.installer_url]:-}
     [[ -n $url ]] || url="https://github.com/conda-forge/miniforge/releases/latest/download/Miniforge3-Linux-$(uname -m).sh"
-    echo "downloading Miniforge from $url"
+    echo "downloading Miniforge from $url and its published SHA-256 ($url.sha256)"
     as_user curl -fsSL --retry 3 -o "$ENV_DIR/miniforge.sh" -- "$url"
+    as_user curl -fsSL --retry 3 -o "$ENV_DIR/miniforge.sh.sha256" -- "$url.sha256" ||
+      die "could not download $url.sha256, the installer's published checksum"
+    python3 -c "$SHA256_PY" "$ENV_DIR/miniforge.sh" "$ENV_DIR/miniforge.sh.sha256" || {
+      as_user rm -f -- "$ENV_DIR/miniforge.sh" "$ENV_DIR/miniforge.sh.sha256"
+      die "the Miniforge installer from $url does not match its published SHA-256"
+    }
     echo "installing Miniforge"
     if [[ -d $prefix ]]; then
       as_user bash "$ENV_DIR/miniforge.sh" -b -u -p "$prefix"
     else
       as_user bash "$ENV_DIR/miniforge.sh" -b -p "$prefix"
     fi
-    as_user rm -f -- "$ENV_DIR/miniforge.sh"
+    as_user rm -f -- "$ENV_DIR/miniforge.sh" "$ENV_DIR/miniforge.sh.sha256"
   fi
   echo "installing packages with conda"
   as_user "$prefix/bin/conda" install --yes --quiet --prefix "$prefix" -c conda-forge -- "${packages[@]}"
@@ -511,19 +788,21 @@ server_running() {
   if have_systemd; then
     systemctl is-active --quiet -- "$SERVICE"
   else
-    pid_alive "$RUN/supervisor.pid"
+    pid_alive "$SUPERVISOR_PID" --supervise
   fi
 }
 
 start_supervisor() {
-  rm -f -- "$RUN/supervisor.pid" "$RUN/server.pid"
+  rm -f -- "$SUPERVISOR_PID" "$RUN/server.pid"
   (
     cd "$NB_HOME" 2>/dev/null || cd /
     exec setsid "${AS_USER[@]}" /bin/bash "$STATE/setup.sh" --supervise "$STATE" "$PY"
   ) </dev/null >/dev/null 2>&1 &
+  # Root writes the pid file (setsid does not fork here: the subshell leads no group).
+  write_pid "$SUPERVISOR_PID" "$!"
   local i
   for ((i = 0; i < 100; i++)); do
-    pid_alive "$RUN/supervisor.pid" && return 0
+    pid_alive "$SUPERVISOR_PID" --supervise && return 0
     sleep 0.05
   done
   die "the supervisor did not start"
@@ -586,12 +865,11 @@ EOF
     # script alone does not restart a running supervisor (that would end the user's kernels):
     # the running one keeps the old file's inode, the next start uses the new one.
     install_file "$0" "$STATE/setup.sh" 0755 0:0
-    if pid_alive "$RUN/supervisor.pid" && ((restart)); then
+    if pid_alive "$SUPERVISOR_PID" --supervise && ((restart)); then
       echo "restarting the Jupyter server"
-      stop_pidfile "$RUN/supervisor.pid"
-      stop_pidfile "$RUN/server.pid"
+      stop_pidfile "$SUPERVISOR_PID" --supervise
     fi
-    if ! pid_alive "$RUN/supervisor.pid"; then
+    if ! pid_alive "$SUPERVISOR_PID" --supervise; then
       echo "starting the Jupyter server under a supervisor"
       start_supervisor
       changed
@@ -638,7 +916,7 @@ stop_watchdog() {
 step_watchdog() {
   step watchdog 95
   local minutes=${P[idle_stop_minutes]} system_python
-  system_python=$(command -v python3)
+  system_python=$BASE_PY
   if [[ $minutes =~ ^0(\.0*)?$ ]]; then
     echo "idle auto-stop is off"
     stop_watchdog
@@ -650,6 +928,8 @@ step_watchdog() {
     return
   fi
   local restart=0
+  # The watchdog runs on this host's python3: refuse one too old for it, saying so.
+  "$system_python" "$SCRIPT_DIR/watchdog.py" --check || exit 1
   install_file "$SCRIPT_DIR/watchdog.py" "$STATE/watchdog.py" 0644 0:0
   ((FILE_CHANGED)) && restart=1
   python3 -c "$RENDER_JSON_PY" "$PARAMS" watchdog "$STATE" >"$WORK/watchdog.json"
@@ -704,11 +984,20 @@ EOF
 }
 
 provision() {
-  PARAMS=$1
+  UPLOADED_PARAMS=$1
+  trap on_exit EXIT
+  trap 'on_signal 1' HUP
+  trap 'on_signal 2' INT
+  trap 'on_signal 13' PIPE
+  trap 'on_signal 15' TERM
   [[ $(id -u) == 0 ]] || die "setup.sh must run as root (through sudo when the login user is not root)"
   SCRIPT_DIR=$(cd "$(dirname -- "$0")" && pwd)
-  WORK=$(mktemp -d)
-  trap on_exit EXIT
+  WORK=$(mktemp -d /tmp/jupyter-ec2-work.XXXXXXXX)
+  # Our own copy (root's, 0600, in WORK), and the uploaded file (it holds the token) goes now.
+  PARAMS=$WORK/params.json
+  cat -- "$UPLOADED_PARAMS" >"$PARAMS"
+  rm -f -- "$UPLOADED_PARAMS"
+  UPLOADED_PARAMS=""
   cd /
   load_params "$PARAMS"
 
@@ -723,10 +1012,20 @@ provision() {
   WATCHDOG=jupyter-ec2-$ID-watchdog
   CONFIG=$STATE/jupyter_server_config.json
   RUN=$STATE/run
+  SUPERVISOR_PID=$STATE/supervisor.pid
   FAST=${P[fast]}
+  BASE_PY=${P[base_python]}
+  [[ $BASE_PY == /* ]] || BASE_PY=$(command -v -- "$BASE_PY") || die "this host has no ${P[base_python]}"
+  APT_ROOT=${P[apt.root]}
+  APT_TIMEOUT=${P[apt.timeout]%.*}
   install -d -m 0755 -o 0 -g 0 -- "$STATE_ROOT" "$STATE"
+  # Uploads of this instance that an interrupted run left behind (a run deletes its own at once).
+  find /tmp -maxdepth 1 -type d -name "jupyter-ec2-$ID-*" -mmin +1 \
+    -exec rm -f -- '{}/params.json' \; 2>/dev/null || true
 
   step_cloud_init
+  step_host_key
+  exec </dev/null  # nothing after this reads the session's input
   step_user
   step_environment
   step_notebooks
@@ -746,7 +1045,6 @@ supervise() {
   exec </dev/null >>"$run/server.log" 2>&1
   export JUPYTER_RUNTIME_DIR=$run/runtime
   mkdir -p -m 0700 -- "$JUPYTER_RUNTIME_DIR"
-  echo "$$" >"$run/supervisor.pid"
   trap 'stopping=1; if [[ -n $child ]]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM INT HUP
   while ((!stopping)); do
     started=$SECONDS
@@ -765,7 +1063,7 @@ supervise() {
     sleep "$delay" &
     wait $! || true
   done
-  rm -f -- "$run/server.pid" "$run/supervisor.pid"
+  rm -f -- "$run/server.pid"
 }
 
 case ${1:-} in
@@ -776,6 +1074,10 @@ case ${1:-} in
   --supervise)
     [[ $# == 3 ]] || die "usage: setup.sh --supervise STATE_DIR PYTHON"
     supervise "$2" "$3"
+    ;;
+  --verify-sha256)
+    [[ $# == 3 ]] || die "usage: setup.sh --verify-sha256 FILE SUMS"
+    python3 -c "$SHA256_PY" "$2" "$3"
     ;;
   -* | "")
     die "usage: setup.sh PARAMS.json"

@@ -155,12 +155,16 @@ def resolve_host(
     user = user or entry.get("user") or default_user
     identity = tuple(os.path.expanduser(p) for p in entry.get("identityfile", []))
     jump_text = entry.get("proxyjump", "") or ""
-    hops = () if jump_text.lower() in ("", "none") else tuple(
-        h.strip() for h in jump_text.split(",") if h.strip()
+    hops = (
+        ()
+        if jump_text.lower() in ("", "none")
+        else tuple(h.strip() for h in jump_text.split(",") if h.strip())
     )
     known = entry.get("userknownhostsfile", "")
-    known_files = tuple(os.path.expanduser(p) for p in known.split()) if known else (
-        os.path.expanduser("~/.ssh/known_hosts"),
+    known_files = (
+        tuple(os.path.expanduser(p) for p in known.split())
+        if known
+        else (os.path.expanduser("~/.ssh/known_hosts"),)
     )
     return HostSpec(alias, hostname, port, user, identity, hops, known_files)
 
@@ -256,10 +260,12 @@ class SSHConnection:
         self,
         command: str,
         *,
-        on_line: Callable[[str], None] | None = None,
+        on_line: Callable[[str], str | None] | None = None,
         timeout: float | None = None,
     ) -> CommandResult:
         """Run ``command`` (stdout and stderr merged), calling ``on_line`` for each line.
+
+        A string ``on_line`` returns is written to the command's stdin (an answer to a line).
 
         ``command`` is a shell command line for the login shell: build it only from constants
         and :func:`shlex.quote`-d values.
@@ -276,7 +282,9 @@ class SSHConnection:
             text = raw.decode("utf-8", "replace").rstrip("\r")
             lines.append(text)
             if on_line is not None:
-                on_line(text)
+                reply = on_line(text)
+                if isinstance(reply, str):
+                    channel.sendall(reply.encode())  # the command's stdin
 
         try:
             channel.set_combine_stderr(True)
@@ -614,4 +622,3 @@ __all__ = [
     "public_key",
     "resolve_host",
 ]
-

@@ -2,7 +2,9 @@
 
 Shipped to the instance by ``setup.sh`` and run there as root (``python3 watchdog.py
 SETTINGS.json``) by a systemd unit or in the background with a pid file. It uses the standard
-library only and runs on any Python 3.6+, because it runs on the instance, not in this package.
+library only and runs on the instance's own ``python3``, not in this package: Python 3.7 or newer
+(:data:`MIN_PYTHON`; ``datetime.fromisoformat`` is 3.7's). ``setup.sh`` runs ``watchdog.py
+--check`` before starting it, so an older interpreter fails provisioning with a clear message.
 
 Every few seconds it asks the instance's own Jupyter server, over 127.0.0.1 with the token from
 the server's config file, for ``/api/kernels`` and ``/api/terminals``. The machine is *idle*
@@ -32,6 +34,21 @@ import urllib.request
 from datetime import datetime, timezone
 
 STD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: The oldest Python this file runs on.
+MIN_PYTHON = (3, 7)
+
+
+def python_problem(version_info):
+    """Why this interpreter cannot run the watchdog (None when it can)."""
+    if tuple(version_info[:2]) >= MIN_PYTHON:
+        return None
+    have = ".".join(str(part) for part in version_info[:3])
+    need = ".".join(str(part) for part in MIN_PYTHON)
+    return (
+        f"the idle watchdog needs Python {need} or newer, but this host's python3 is {have}: "
+        "install a newer python3 on the image, or turn idle auto-stop off (idle_stop_minutes = 0)"
+    )
 
 
 def parse_time(text):
@@ -249,8 +266,14 @@ def write_pid_file(path):
 def main(argv=None):
     """``watchdog.py SETTINGS.json``: run the watchdog until SIGTERM."""
     argv = sys.argv[1:] if argv is None else argv
+    problem = python_problem(sys.version_info)
+    if argv == ["--check"] or problem:
+        if problem:
+            sys.stdout.write(f"error: {problem}\n")
+            return 1
+        return 0
     if len(argv) != 1:
-        sys.stderr.write("usage: watchdog.py SETTINGS.json\n")
+        sys.stderr.write("usage: watchdog.py SETTINGS.json | --check\n")
         return 2
     with open(argv[0]) as f:
         settings = json.load(f)

@@ -82,6 +82,12 @@ def simulated_config(
             "idle_stop_minutes": idle_stop_minutes,
             "idle_stop_command": idle_stop_command,
             "connect_timeout": 60,
+            # Each simulated instance's sshd keeps its host key and pid file in its own
+            # directory (jupyter_ec2.testing.hosts): host key rotation works there as on EC2.
+            "sshd_host_key_file": str(
+                hosts.workdir / "hosts" / "{instance_id}" / "ssh_host_ed25519_key"
+            ),
+            "sshd_pid_file": str(hosts.workdir / "hosts" / "{instance_id}" / "sshd.pid"),
         },
         "LaunchManager": {"poll_fast": 0.5, "poll_slow": 10},
     }

@@ -905,6 +905,11 @@ class InstanceHosts:
         """Power off: stop the sshd and end every process of the instance, by PID."""
         if record.host is not None:
             record.last_port = record.host.port
+            # The disk keeps /etc/ssh: a key rotated on the instance is the next boot's key.
+            with contextlib.suppress(OSError, ValueError):
+                on_disk = record.host.host_key_path.read_text()
+                _load_ed25519(on_disk)
+                record.host_key = on_disk
             record.host.stop()
             record.host = None
         record.last_public_ip = record.public_ip
