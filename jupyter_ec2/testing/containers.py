@@ -246,6 +246,11 @@ class ContainerHost:
         return self.dir / "merged"
 
     @property
+    def host_key_path(self) -> Path:
+        """The instance's ed25519 host key on its disk (what cloud-init or a rotation wrote)."""
+        return self.root / "etc/ssh/ssh_host_ed25519_key"
+
+    @property
     def log_path(self) -> Path:
         """The container's console (systemd-nspawn's output), appended to across boots."""
         return self.dir / "console.log"
@@ -632,7 +637,9 @@ def container_config(base: dict[str, Any], *, environment: dict | None = None) -
             "idle_stop_command": "sudo shutdown -h now",
         }
     )
-    config["Provisioner"].pop("wheel_dir", None)
+    # The container is a real instance: sshd's own files, the defaults.
+    for name in ("wheel_dir", "sshd_host_key_file", "sshd_pid_file"):
+        config["Provisioner"].pop(name, None)
     profiles = config["EC2Launcher"].get("profiles") or {}
     config["EC2Launcher"]["profiles"] = {
         name: {**profile, "ami": "debian-12"} for name, profile in profiles.items()
