@@ -106,6 +106,8 @@ class _MirrorHandler(SimpleHTTPRequestHandler):
         for prefix, base in (("/apt/", self.apt_dir), ("/wheels/", self.wheels_dir)):
             if path.startswith(prefix):
                 name = path[len(prefix) :]
+                while name.startswith("./"):  # apt asks for "./Packages" of a flat repository
+                    name = name[2:]
                 if "/" in name.strip("/") or name.startswith("."):
                     return "/nonexistent"
                 return str(base / name) if name else str(base)
