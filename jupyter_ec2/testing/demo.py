@@ -136,11 +136,16 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="jupyter-ec2-demo-"))
     cloud = SimulatedCloud().start()
-    hosts = InstanceHosts(cloud, work / "hosts", boot_delay=args.boot_delay)
+    from .containers import container_config, make_instance_hosts
+
+    hosts, host_kind = make_instance_hosts(cloud, work / "hosts", boot_delay=args.boot_delay)
+    print(f"Instance hosts: {host_kind} kind", flush=True)
     lab = None
     try:
         config_path = work / "jupyter_server_config.json"
         config = simulated_config(cloud, hosts, work / "state")
+        if host_kind == "container":
+            config = container_config(config)
         config_path.write_text(json.dumps(config, indent=1))
         port = args.port or free_port()
         token = secrets.token_hex(24)
