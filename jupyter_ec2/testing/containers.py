@@ -105,7 +105,7 @@ class _MirrorHandler(SimpleHTTPRequestHandler):
         path = path.split("?", 1)[0].split("#", 1)[0]
         for prefix, base in (("/apt/", self.apt_dir), ("/wheels/", self.wheels_dir)):
             if path.startswith(prefix):
-                name = path[len(prefix) :]
+                name = urllib.parse.unquote(path[len(prefix) :])  # apt quotes "+" as %2b
                 while name.startswith("./"):  # apt asks for "./Packages" of a flat repository
                     name = name[2:]
                 if "/" in name.strip("/") or name.startswith("."):
