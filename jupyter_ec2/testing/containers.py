@@ -38,6 +38,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import urllib.parse
 import weakref
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
