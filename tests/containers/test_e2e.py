@@ -143,7 +143,13 @@ async def test_launch_ready_code_stop_start_reboot_terminate(
         _inside, jp_ec2_hosts, instance_id, "systemctl", "show", "--state=active",
         "--property=Id,User", "jupyter-ec2*.service",
     )  # fmt: skip
-    assert "User=jupyter" in units, units
+    uid = await asyncio.to_thread(_inside, jp_ec2_hosts, instance_id, "id", "-u", "jupyter")
+    services = {}
+    for block in units.strip().split("\n\n"):
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        services[fields.get("Id")] = fields.get("User")
+    # systemd shows the unit's User= as written: the setup names the notebook user by its uid.
+    assert services.get(f"jupyter-ec2-{instance_id}.service") in ("jupyter", uid.strip()), units
     # And a file written in the remote notebook
     await _run_code(jp_fetch, jp_ws_fetch, instance_id, "open('kept.txt','w').write('kept')")
 
