@@ -24,13 +24,19 @@ WHEELS := $(SIM_DIR)/wheels
 NO_NET := http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9
 LABEXT_SRC := $(shell find labextension/src labextension/style labextension/schema -type f 2>/dev/null) labextension/package.json labextension/tsconfig.json
 PYTEST_ARGS ?=
+# The container-kind instance hosts (jupyter_ec2.testing.containers): a Debian 12 root built with
+# debootstrap and a local apt repository, rebuilt when the recipe changes (the stamp is its hash).
+ROOTFS_RECIPE := $(sort $(wildcard jupyter_ec2/testing/rootfs/*))
+ROOTFS_HASH := $(shell cat $(ROOTFS_RECIPE) 2>/dev/null | sha256sum | cut -c1-16)
+CONTAINER_DIR := $(SIM_DIR)/container
+CONTAINER_STAMP := $(CONTAINER_DIR)/.recipe-$(ROOTFS_HASH)
 
-.PHONY: demo test test-fast lint install system-deps sim-image cloud-init-schema clean bench
+.PHONY: demo test test-fast lint install system-deps sim-image container-root cloud-init-schema clean bench
 
-demo: install sim-image
+demo: install sim-image container-root
 	JUPYTER_EC2_SIM_DIR=$(SIM_DIR) $(PY) -m jupyter_ec2.testing.demo
 
-test: install sim-image cloud-init-schema lint
+test: install sim-image container-root cloud-init-schema lint
 	JEC2_REQUIRE_CLOUD_INIT=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install sim-image cloud-init-schema
@@ -40,7 +46,7 @@ lint: install
 	$(PY) -m ruff check jupyter_ec2 tests bench
 	cd labextension && npm run --silent lint
 
-bench: install sim-image
+bench: install sim-image container-root
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 install: system-deps $(VENV)/.installed
@@ -50,6 +56,10 @@ system-deps:
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
+	[ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	[ -x /usr/bin/systemd-nspawn ] || missing="$$missing systemd-container"; \
+	[ -x /usr/bin/dpkg-scanpackages ] || missing="$$missing dpkg-dev"; \
+	[ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "Installing Debian packages:$$missing"; \
@@ -103,6 +113,15 @@ $(WHEELS)/.done-v2: $(IMAGE_STAMP)
 	$(SIM_DIR)/image-python/bin/pip download -q -d $(WHEELS) jupyterlab pip
 	chmod -R a+rX $(SIM_DIR)
 	touch $@
+
+# Only root can build and boot containers; elsewhere the container tests and demo hosts are skipped.
+container-root:
+	@if [ "$$(id -u)" != 0 ] || [ ! -x /usr/bin/systemd-nspawn ]; then \
+	  echo "container-root: not root or no systemd-nspawn: container instance hosts unavailable (skipped)"; \
+	elif [ -e $(CONTAINER_STAMP) ]; then :; else \
+	  echo "Building the container root (Debian 12 with debootstrap, about 2 minutes)"; \
+	  jupyter_ec2/testing/rootfs/build-root.sh $(CONTAINER_DIR) && touch $(CONTAINER_STAMP); \
+	fi
 
 # cloud-init's own validator (`cloud-init schema`), from Debian's packages but NOT installed: an
 # installed cloud-init would make this machine look like an instance that never booted (its

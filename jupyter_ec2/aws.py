@@ -75,6 +75,8 @@ SECURITY_GROUP_DESCRIPTION = "jupyter-ec2: SSH from this machine only (managed; 
 
 #: Ubuntu aliases → (code name, version) as they appear in Canonical's image names.
 UBUNTU_RELEASES = {"ubuntu-24.04": ("noble", "24.04"), "ubuntu-22.04": ("jammy", "22.04")}
+#: Other image aliases → (owner id, name pattern; ``{arch}`` is amd64 or arm64, login user).
+OTHER_IMAGES = {"debian-12": ("136693071363", "debian-12-{arch}-*", "admin")}
 #: EC2 architecture → the word Canonical's image names use.
 _IMAGE_NAME_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
 
@@ -289,8 +291,10 @@ def architecture_for(supported: Sequence[str]) -> str:
 
 def image_name_pattern(alias: str, architecture: str) -> str:
     """The ``describe_images`` name pattern of Canonical's server images for an alias."""
-    codename, version = UBUNTU_RELEASES[alias]
     arch = _IMAGE_NAME_ARCH[architecture]
+    if alias in OTHER_IMAGES:
+        return OTHER_IMAGES[alias][1].format(arch=arch)
+    codename, version = UBUNTU_RELEASES[alias]
     return f"ubuntu/images/hvm-ssd*/ubuntu-{codename}-{version}-{arch}-server-*"
 
 
@@ -1069,7 +1073,7 @@ class EC2Backend(LoggingConfigurable):
         """The image for an alias (newest Canonical image) or an explicit, existing ``ami-…`` id."""
         region = validate_region(region or self.region)
         ec2 = self.client(region)
-        if ami in UBUNTU_RELEASES:
+        if ami in UBUNTU_RELEASES or ami in OTHER_IMAGES:
             key = (region, architecture, ami)
             with self._lock:
                 hit = self._images.get(key)
@@ -1078,7 +1082,8 @@ class EC2Backend(LoggingConfigurable):
             with self._aws("find the Ubuntu image", region):
                 # Canonical publishes many images a month: the answer may come in pages.
                 pages = ec2.get_paginator("describe_images").paginate(
-                    Owners=[CANONICAL_OWNER_ID], Filters=image_filters(ami, architecture)
+                    Owners=[OTHER_IMAGES[ami][0] if ami in OTHER_IMAGES else CANONICAL_OWNER_ID],
+                    Filters=image_filters(ami, architecture),
                 )
                 images = [image for page in pages for image in page.get("Images", [])]
             image = newest_image(images)

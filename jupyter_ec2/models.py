@@ -50,7 +50,7 @@ PROFILE_FIELDS = (
 )
 
 #: Image aliases the EC2 layer resolves to the newest Canonical image.
-AMI_ALIASES = ("ubuntu-24.04", "ubuntu-22.04")
+AMI_ALIASES = ("ubuntu-24.04", "ubuntu-22.04", "debian-12")
 
 MIN_VOLUME_GB = 8
 MAX_VOLUME_GB = 16384  # gp3's limit

@@ -179,14 +179,20 @@ def start_simulation(
     Returns the cloud, the hosts, the config path and the environment a JupyterLab process
     needs (dummy credentials, the endpoint, the closed proxy).
     """
+    from .containers import container_config, make_instance_hosts
+
     cloud = SimulatedCloud().start()
     try:
-        hosts = InstanceHosts(cloud, work / "hosts", boot_delay=boot_delay)
+        hosts, host_kind = make_instance_hosts(cloud, work / "hosts", boot_delay=boot_delay)
     except BaseException:
         cloud.stop()
         raise
+    print(f"Instance hosts: {host_kind} kind", flush=True)
+    config = simulated_config(cloud, hosts, work / "state")
+    if host_kind == "container":
+        config = container_config(config)
     config_path = work / "jupyter_server_config.json"
-    config_path.write_text(json.dumps(simulated_config(cloud, hosts, work / "state"), indent=1))
+    config_path.write_text(json.dumps(config, indent=1))
     return cloud, hosts, config_path, cloud.env()
 
 

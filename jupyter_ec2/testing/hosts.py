@@ -323,6 +323,11 @@ class SSHHost:
         return self._port
 
     @property
+    def address(self) -> str:
+        """The address sshd listens on."""
+        return "127.0.0.1"
+
+    @property
     def pid(self) -> int | None:
         """The PID of the listening sshd, or None when stopped."""
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
@@ -651,6 +656,7 @@ class InstanceHosts:
         *,
         poll_interval: float | None = 0.25,
         regions: list[str] | None = None,
+        host_kind: Any = None,
     ):
         self.cloud = cloud
         self.workdir = Path(workdir)
@@ -658,6 +664,10 @@ class InstanceHosts:
         self.boot_delay = boot_delay
         self.login_user = login_user or current_user()
         self.poll_interval = poll_interval
+        # None: a private sshd on loopback per instance. Otherwise an object whose boot(hosts,
+        # record, instance) returns the started host (with address, port, stop()), with
+        # discard(instance_id) for terminate and close() (e.g. containers.ContainerKind).
+        self.host_kind = host_kind
         self.regions = list(regions or [cloud.region])
         self._clients = {region: cloud.client("ec2", region=region) for region in self.regions}
         self._records: dict[str, _InstanceRecord] = {}
@@ -734,6 +744,7 @@ class InstanceHosts:
             for instance_id in list(self._records):
                 if instance_id not in described:  # the cloud forgot it (reset)
                     self._shut_down(self._records.pop(instance_id))
+                    self._discard(instance_id)
             for instance_id, (region, instance) in described.items():
                 record = self._records.get(instance_id)
                 if record is None:
@@ -757,6 +768,8 @@ class InstanceHosts:
                 self._shut_down(record)
             self._write_ssh_config(force=True)
             self._closed_port.close()
+            if self.host_kind is not None:
+                self.host_kind.close()
             _MotoBootHooks.release(delayed=self.boot_delay > 0)
 
     def __enter__(self) -> InstanceHosts:
@@ -812,6 +825,8 @@ class InstanceHosts:
             record.boot_deadline = None
             if record.host is not None:
                 self._shut_down(record)
+            if state == "terminated":
+                self._discard(record.instance_id)
 
     def _backend_instance(self, record: _InstanceRecord) -> Any:
         """moto's in-process object for the instance."""
@@ -829,16 +844,18 @@ class InstanceHosts:
             record.host_key, record.authorized_keys = self._first_boot_keys(record)
         instance = self._backend_instance(record)
         self._ensure_new_public_ip(record, instance)
-        workdir = self.workdir / "hosts" / record.instance_id
-        host = SSHHost(
-            workdir,
-            record.host_key,
-            record.authorized_keys or [],
-            self.login_user,
-            avoid_ports={record.last_port} if record.last_port else frozenset(),
-            process_marker=record.instance_id,
-        )
-        host.start()
+        if self.host_kind is not None:
+            host = self.host_kind.boot(self, record, instance)
+        else:
+            host = SSHHost(
+                self.workdir / "hosts" / record.instance_id,
+                record.host_key,
+                record.authorized_keys or [],
+                self.login_user,
+                avoid_ports={record.last_port} if record.last_port else frozenset(),
+                process_marker=record.instance_id,
+            )
+            host.start()
         record.host = host
         record.boots += 1
         record.boot_number = _boots(instance)
@@ -855,7 +872,7 @@ class InstanceHosts:
             )
             if name
         ]
-        log.info("Host of %s up on 127.0.0.1:%d", record.instance_id, host.port)
+        log.info("Host of %s up on %s:%d", record.instance_id, host.address, host.port)
 
     def _ensure_new_public_ip(self, record: _InstanceRecord, instance: Any) -> None:
         """Give the instance a public IP unlike its last boot's and unlike other instances'."""
@@ -894,6 +911,11 @@ class InstanceHosts:
             keys += [k for k in extra if isinstance(k, str)]
         return host_key, keys
 
+    def _discard(self, instance_id: str) -> None:
+        """Terminated: the host kind deletes the instance's disk (the sshd kind has none)."""
+        if self.host_kind is not None:
+            self.host_kind.discard(instance_id)
+
     def _shut_down(self, record: _InstanceRecord) -> None:
         """Power off: stop the sshd and end every process of the instance, by PID."""
         if record.host is not None:
@@ -923,7 +945,7 @@ class InstanceHosts:
                 continue
             lines += [
                 "Host " + " ".join(record.addresses),
-                "    HostName 127.0.0.1",
+                f"    HostName {record.host.address}",
                 f"    Port {record.host.port}",
                 f"    User {self.login_user}",
                 "",

@@ -1,4 +1,5 @@
-"""The image list of the simulated cloud: current Ubuntu LTS images under Canonical's owner id.
+"""The image list of the simulated cloud: Ubuntu LTS images under Canonical's owner id, Debian 12
+images under Debian's.
 
 moto ships only Ubuntu 14.04 and 16.04 images, so the harness loads its own list through
 ``MOTO_AMIS_PATH`` (moto's format: one dict per image, keys named like ``moto``'s ``Ami``
@@ -10,6 +11,10 @@ a non-LTS release, ``minimal`` and ``pro`` variants, and an impostor with Canoni
 scheme under another owner id (AMI name squatting). A resolver that filters by owner, name
 pattern and architecture, then takes the newest creation date, picks the ``newest_ubuntu()``
 answer.
+
+Debian 12 (``debian-12``) images follow Debian's naming (``debian-12-amd64-YYYYMMDD-HHMM``) under
+Debian's owner id, with a ``backports`` variant and an impostor as decoys; ``newest_debian()`` is
+what a correct resolver picks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from pathlib import Path
 
 CANONICAL_OWNER_ID = "099720109477"
 """The AWS account id Canonical publishes its Ubuntu images under."""
+
+DEBIAN_OWNER_ID = "136693071363"
+"""The AWS account id Debian publishes its official cloud images under (login user ``admin``)."""
 
 IMPOSTOR_OWNER_ID = "111122223333"
 """An unrelated account publishing images with Canonical's naming scheme."""
@@ -126,6 +134,51 @@ def ubuntu_images() -> list[dict]:
     return images
 
 
+# (EC2 architecture, build date and time): Debian 12 ("bookworm") official images.
+_DEBIAN_BUILDS = [
+    ("x86_64", "20250316-2053"),
+    ("x86_64", "20250814-2204"),
+    ("x86_64", "20251006-2257"),
+    ("arm64", "20250316-2053"),
+    ("arm64", "20250814-2204"),
+    ("arm64", "20251006-2257"),
+]
+
+
+def debian_images() -> list[dict]:
+    """Debian 12 images, genuine and decoys, in moto's format."""
+    images = []
+    for arch, stamp in _DEBIAN_BUILDS:
+        uarch = ARCHITECTURES[arch]
+        images.append(
+            _image(f"debian-12-{uarch}-{stamp}", arch, stamp[:8], "Debian 12 (20251006-2257)",
+                   owner=DEBIAN_OWNER_ID)
+        )  # fmt: skip
+    for arch, uarch in ARCHITECTURES.items():
+        images.append(
+            _image(f"debian-12-backports-{uarch}-20251101-1200", arch, "20251101",
+                   "Debian 12 backports", owner=DEBIAN_OWNER_ID)
+        )  # fmt: skip
+        images.append(
+            _image(f"debian-12-{uarch}-20251102-1200", arch, "20251102", "Debian 12",
+                   owner=IMPOSTOR_OWNER_ID)
+        )  # fmt: skip
+    return images
+
+
+def newest_debian(arch: str = "x86_64") -> dict:
+    """The image a correct resolver picks for ``debian-12``: Debian's newest build for arch."""
+    prefix = f"debian-12-{ARCHITECTURES[arch]}-"
+    candidates = [
+        image
+        for image in debian_images()
+        if image["owner_id"] == DEBIAN_OWNER_ID
+        and image["name"].startswith(prefix)
+        and image["architecture"] == arch
+    ]
+    return max(candidates, key=lambda image: image["creation_date"])
+
+
 def newest_ubuntu(version: str = "24.04", arch: str = "x86_64") -> dict:
     """The image a correct resolver picks: newest genuine LTS server build for version/arch."""
     series, uarch = SERIES[version], ARCHITECTURES[arch]
@@ -145,5 +198,5 @@ def newest_ubuntu(version: str = "24.04", arch: str = "x86_64") -> dict:
 def write_amis_file(path: str | Path) -> Path:
     """Write the image list where ``MOTO_AMIS_PATH`` can point (also for a ``moto_server``)."""
     path = Path(path)
-    path.write_text(json.dumps(ubuntu_images(), indent=1))
+    path.write_text(json.dumps(ubuntu_images() + debian_images(), indent=1))
     return path
