@@ -19,7 +19,6 @@ import subprocess
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -227,8 +226,11 @@ def launch_to_ready_through_proxy(base: str, token: str) -> dict:
             break
         time.sleep(1)
     assert instance["phase"] == "ready", instance
-    remote = urllib.parse.urljoin(base + "/", instance["url"])
-    assert remote.endswith("/lab"), instance["url"]
+    assert instance["url"].endswith(f"/jupyter-ec2/remote/{instance_id}/lab"), instance["url"]
+    # The url is on the instance's own origin (<id>.localhost), which only a browser resolves and
+    # which takes a handoff cookie; a script reaches the same relay on the local path with the
+    # local token in its Authorization header.
+    remote = f"{base}/jupyter-ec2/remote/{instance_id}/lab"
     # A forward that is being re-established answers 503 and asks to retry in a moment.
     deadline = time.monotonic() + 30
     while True:
