@@ -346,7 +346,7 @@ def test_ids_and_labels_are_validated():
 
 def test_every_alias_of_the_models_resolves():
     # Then each image alias a profile may name has a release to look up
-    assert set(aws.UBUNTU_RELEASES) == set(models.AMI_ALIASES)
+    assert set(aws.UBUNTU_RELEASES) | set(aws.OTHER_IMAGES) == set(models.AMI_ALIASES)
 
 
 def test_image_filters_pin_canonical_server_images():

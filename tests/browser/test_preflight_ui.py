@@ -7,7 +7,6 @@ new AWS account); nothing is launched.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +23,14 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _browser_conftest() -> Any:
-    """This directory's conftest module (run_lab, PROFILES), as pytest imported it."""
+def _browser_conftest(config: pytest.Config) -> Any:
+    """This directory's conftest module (run_lab, PROFILES), as pytest imported it.
+
+    Looked up among pytest's plugins, not ``sys.modules``: several directories have a
+    ``conftest.py``, and under one module name only the last one imported stays there.
+    """
     here = Path(__file__).with_name("conftest.py").resolve()
-    for module in list(sys.modules.values()):
+    for module in config.pluginmanager.get_plugins():
         if Path(getattr(module, "__file__", None) or "/").resolve() == here:
             return module
     raise RuntimeError("tests/browser/conftest.py is not loaded")
@@ -38,12 +41,14 @@ expect = pytest.importorskip("playwright.sync_api").expect
 
 @pytest.fixture(scope="module")
 def jp_ec2_gpu_quota_lab(
-    jp_ec2_session_cloud: SimulatedCloud, tmp_path_factory: pytest.TempPathFactory
+    jp_ec2_session_cloud: SimulatedCloud,
+    tmp_path_factory: pytest.TempPathFactory,
+    pytestconfig: pytest.Config,
 ) -> Iterator[LabServer]:
     """``jupyter lab`` on the simulated cloud, whose G and VT quotas (on-demand, spot) are 0."""
     from jupyter_ec2.testing import account
 
-    conftest = _browser_conftest()
+    conftest = _browser_conftest(pytestconfig)
     cloud = jp_ec2_session_cloud
     cloud.reset()
     cloud.set_service_quota("L-DB2E81BA", 0)
