@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         _wait_server(opener, base, token)
         for run in range(args.runs):
             posted = time.time()
-            inst = _api(opener, base, token, "instances", {})
+            inst = _api(opener, base, token, "instances", {"profile": "cpu"})
             deadline = time.monotonic() + 900
             while True:
                 inst = _api(opener, base, token, f"instances/{inst['id']}")
