@@ -8,12 +8,15 @@ from __future__ import annotations
 import socket
 
 import pytest
+import pytest_socket
 from pytest_socket import SocketConnectBlockedError
 
 
-@pytest.mark.parametrize("address", ["192.0.2.1", "10.0.0.1", "172.32.0.1", "8.8.8.8"])
+@pytest.mark.parametrize("address", ["192.0.2.1", "10.0.0.1", "172.32.0.1", "198.51.100.7"])
 def test_addresses_outside_loopback_and_the_bridge_subnet_are_refused(address):
-    # Given the guard of pyproject's addopts
+    # Given the guard of pyproject's addopts (refuse to try at all when it is off, e.g. under
+    # `-o addopts=`: a SYN would leave this machine)
+    assert socket.socket.connect is not pytest_socket._true_connect, "the socket guard is off"
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         # When a test connects outside loopback and 172.31.0.0/16 / Then the guard refuses
