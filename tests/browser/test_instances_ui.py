@@ -263,6 +263,15 @@ def test_launch_from_a_tile_open_the_remote_notebook_then_stop_start_and_termina
         remote = popup.value
         kernel_frames: list[str] = []
         remote.on("websocket", lambda ws: watch_kernel_socket(ws, kernel_frames))
+        refused: list[str] = []
+        remote.on(
+            "response",
+            lambda r: (
+                refused.append(f"{r.status} {r.request.method} {r.url}")
+                if r.status >= 400
+                else None
+            ),
+        )
 
         # Then a new tab shows the remote JupyterLab, through this server's proxy
         remote.wait_for_url(re.compile(rf"/jupyter-ec2/remote/{instance_id}/lab"))
@@ -296,6 +305,10 @@ def test_launch_from_a_tile_open_the_remote_notebook_then_stop_start_and_termina
         )
         assert saved.status == 200, saved.text()
         assert "print(6*7)" in saved.text()
+        # The file browser's listing of the notebook's root was never refused (the first save's
+        # check that "answer.ipynb" is free is a 404 by design).
+        root_listing = re.compile(r"/api/contents/?(\?|$)")
+        assert not [line for line in refused if root_listing.search(line)], refused
         news = toast(remote, "official Jupyter news")
         if news.count() > 0:
             news.get_by_role("button", name="No", exact=True).click()
