@@ -94,7 +94,7 @@ $(VENV)/.installed: $(VENV)/.base jupyter_ec2/labextension/static/style.js pypro
 	$(JUPYTER) server extension enable --sys-prefix jupyter_ec2 >/dev/null
 	touch $@
 
-sim-image: $(IMAGE_STAMP) $(WHEELS)/.done-v2
+sim-image: $(IMAGE_STAMP) $(WHEELS)/.done-v3
 
 $(IMAGE_STAMP):
 	@[ "$$(id -u)" = 0 ] || [ -w "$$(dirname $(SIM_DIR))" ] || { echo "$(SIM_DIR) must be writable: run 'sudo make sim-image' once, or set SIM_DIR"; exit 1; }
@@ -107,10 +107,12 @@ $(IMAGE_STAMP):
 
 # Downloaded by the image's interpreter, so the wheels fit its Python (Debian's, not the venv's).
 # pip's own wheel is there for hosts whose python3 has no ensurepip (provisioning adds pip to a
-# venv made --without-pip from it).
-$(WHEELS)/.done-v2: $(IMAGE_STAMP)
+# venv made --without-pip from it). `distributed` and `bokeh` are there for the Dask workers
+# (workers and the scheduler's dashboard), `jupyter-collaboration` for saving open notebooks
+# before a stop: installed only where a feature asks for them.
+$(WHEELS)/.done-v3: $(IMAGE_STAMP)
 	mkdir -p $(WHEELS)
-	$(SIM_DIR)/image-python/bin/pip download -q -d $(WHEELS) jupyterlab pip
+	$(SIM_DIR)/image-python/bin/pip download -q -d $(WHEELS) jupyterlab pip distributed bokeh jupyter-collaboration
 	chmod -R a+rX $(SIM_DIR)
 	touch $@
 
