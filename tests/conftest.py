@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["pytest_jupyter.jupyter_server", "jupyter_ec2.testing.pytest_plugin"]
+# nonroot_user (this directory) holds the session fixture of the Binder and user-mode demo tests.
+pytest_plugins = [
+    "pytest_jupyter.jupyter_server",
+    "jupyter_ec2.testing.pytest_plugin",
+    "nonroot_user",
+]
 
 
 @pytest.fixture

@@ -5,6 +5,11 @@ source into its home (so nothing under /work needs other permissions), runs comm
 user with a clean environment (``runuser``), and is removed afterwards (``userdel -r``) with
 every process it still runs, by PID. :meth:`ScratchUser.files_outside` lists the files the user
 owns outside its home and the temporary directories, which must stay empty.
+
+The fixture :func:`repo2docker_user` (registered as a plugin by ``tests/conftest.py``, so that
+its one session-wide value is shared) is such a user with this repository installed in its home
+as repo2docker installs it; the Binder test and the user-mode demo test each run something of
+their own on it, so the slow install from PyPI happens once per session.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,6 +45,8 @@ class ScratchUser:
 
     def __init__(self) -> None:
         self.name = "jec2demo" + secrets.token_hex(4)
+        #: Where :meth:`copy_source` put the source, once it has.
+        self.src: Path | None = None
         # Files a removed user left behind keep its uid, which a new user may get: only files
         # changed after this marker count as this user's.
         fd, marker = tempfile.mkstemp(prefix="jec2demo-since-")
@@ -70,6 +78,7 @@ class ScratchUser:
 
         shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True)
         subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(dest)], check=True)
+        self.src = dest
         return dest
 
     def env(self, **extra: str) -> list[str]:
@@ -171,6 +180,36 @@ class ScratchUser:
             )
         subprocess.run(["userdel", "-r", "-f", self.name], capture_output=True)
         Path(self.since).unlink(missing_ok=True)
+
+
+def repo2docker_path(user: ScratchUser) -> str:
+    """PATH with the user's ``~/env/bin`` (made by :func:`repo2docker_user`) first."""
+    return f"{user.home}/env/bin:/usr/local/bin:/usr/bin:/bin"
+
+
+@pytest.fixture(scope="session")
+def repo2docker_user() -> Iterator[ScratchUser]:
+    """A non-root user with the repository built in its home as repo2docker builds it.
+
+    A copy of the source in ``~/src`` (``user.src``), a fresh virtual environment ``~/env`` made
+    from the system python, and, as that user with the environment first on PATH, ``pip install
+    -r binder/requirements.txt`` and ``binder/postBuild`` (packages from PyPI; postBuild installs
+    jupyter-ec2 with its simulated cloud from the copy, makes the simulated image under the
+    user's cache directory and fails unless the server extension is enabled). Made once for the
+    session, because the Binder and demo tests only run different things on top of it; removed
+    (with every process and temporary file of the user) after the session, also on failure.
+    """
+    user = ScratchUser()
+    try:
+        user.copy_source()
+        user.run(["/usr/bin/python3", "-m", "venv", f"{user.home}/env"])
+        path = repo2docker_path(user)
+        requirements = f"{user.src}/binder/requirements.txt"
+        user.run(["python", "-m", "pip", "install", "-q", "-r", requirements], PATH=path)
+        user.run([f"{user.src}/binder/postBuild"], PATH=path)
+        yield user
+    finally:
+        user.remove()
 
 
 def _devpts_lacks_tty_group() -> bool:

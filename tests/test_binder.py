@@ -1,9 +1,10 @@
 """binder/: what repo2docker does with this repository, minus the image build, as a non-root user.
 
-A user with a random name (removed after the module, also on failure) gets a copy of the source
+A user with a random name (removed after the session, also on failure) gets a copy of the source
 in its home and a fresh virtual environment made from the system python; as that user, with the
 environment first on PATH (as repo2docker's conda environment is), ``pip install -r
-binder/requirements.txt`` and ``binder/postBuild`` run (packages from PyPI), then ``binder/start
+binder/requirements.txt`` and ``binder/postBuild`` run (packages from PyPI; this build is
+``nonroot_user.repo2docker_user``, shared with ``test_demo_nonroot.py``), then ``binder/start
 jupyter lab …`` as Binder's session start would. A launch through the REST API then reaches
 ``ready`` and the remote notebook answers through the proxy, and the user owns no file outside
 its home and the temporary directories.
@@ -16,7 +17,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from nonroot_user import ScratchUser, launch_to_ready_through_proxy, wait_for_text
+from nonroot_user import (
+    ScratchUser,
+    launch_to_ready_through_proxy,
+    repo2docker_path,
+    wait_for_text,
+)
 
 from jupyter_ec2.testing.cloud import free_port
 from jupyter_ec2.testing.hosts import end_processes
@@ -46,28 +52,12 @@ def test_binder_files_are_there_and_executable():
     assert 'exec "$@"' in (binder / "start").read_text()
 
 
-@pytest.fixture(scope="module")
-def binder_user():
-    """A non-root user with a copy of the source and a fresh venv; removed after the module."""
-    user = ScratchUser()
-    try:
-        user.src = user.copy_source()
-        user.run(["/usr/bin/python3", "-m", "venv", f"{user.home}/env"])
-        yield user
-    finally:
-        user.remove()
-
-
-def test_postbuild_and_start_as_repo2docker_would(binder_user: ScratchUser, tmp_path: Path):
-    # Given a non-root user with a fresh environment first on PATH, in the repository's root
-    user, src = binder_user, binder_user.src
-    path = f"{user.home}/env/bin:/usr/local/bin:/usr/bin:/bin"
-    # When requirements.txt and postBuild run as repo2docker runs them
-    user.run(
-        ["python", "-m", "pip", "install", "-q", "-r", f"{src}/binder/requirements.txt"], PATH=path
-    )
-    user.run([f"{src}/binder/postBuild"], PATH=path)
-    # And start runs before JupyterLab
+def test_postbuild_and_start_as_repo2docker_would(repo2docker_user: ScratchUser, tmp_path: Path):
+    # Given a non-root user with a fresh environment first on PATH, in which requirements.txt
+    # and postBuild ran as repo2docker runs them (the fixture fails if either fails)
+    user, src = repo2docker_user, repo2docker_user.src
+    path = repo2docker_path(user)
+    # When start runs before JupyterLab
     port, token = free_port(), "binder" + os.urandom(16).hex()
     log = tmp_path / "start.log"
     lab = user.popen(
