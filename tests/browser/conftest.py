@@ -111,6 +111,18 @@ class LabServer:
         except ValueError:
             return status, raw.decode(errors="replace")
 
+    def set_user_settings(self, settings: dict) -> None:
+        """Write jupyter-ec2's user settings, as the Settings Editor does (``{}``: defaults)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(  # noqa: S310 (an http://127.0.0.1 URL we built)
+            f"{self.base_url}lab/api/settings/jupyter-ec2:plugin",
+            data=json.dumps({"raw": json.dumps(settings)}).encode(),
+            method="PUT",
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        with opener.open(request, timeout=30) as response:
+            assert response.status == 204, response.status
+
     def log_tail(self, lines: int = 60) -> str:
         """The end of the server's log, for failure messages."""
         text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
@@ -452,42 +464,122 @@ def _terminate_everything(server: LabServer, hosts: InstanceHosts, timeout: floa
             hosts.wait_for_no_host(instance_id, timeout=timeout)
 
 
+SIM_LAB_FIXTURE = "jp_ec2_sim_lab"
+
+
+def _uses_sim_lab(item: pytest.Item) -> bool:
+    return SIM_LAB_FIXTURE in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Run this directory's modules on the simulated-cloud lab one after another.
+
+    They then share one lab (see :func:`jp_ec2_sim_lab`); every other test keeps its place.
+    """
+    here = Path(__file__).resolve().parent
+    modules: dict[Any, list[pytest.Item]] = {}
+    for item in items:
+        module = item.getparent(pytest.Module)
+        if module is not None and here in Path(module.path).resolve().parents:
+            modules.setdefault(module, []).append(item)
+    sim_modules = [m for m, its in modules.items() if any(_uses_sim_lab(i) for i in its)]
+    if len(sim_modules) < 2:
+        return
+    together = [item for module in sim_modules for item in modules[module]]
+    moved = set(map(id, together))
+    first = items.index(together[0])
+    rest = [item for item in items if id(item) not in moved]
+    insert_at = len([item for item in items[:first] if id(item) not in moved])
+    items[:] = rest[:insert_at] + together + rest[insert_at:]
+
+
+class _SimLabKeeper:
+    """The running simulated-cloud lab, kept from one module to the next module that uses it."""
+
+    def __init__(self) -> None:
+        self.lab: SimLab | None = None
+        self._stack = contextlib.ExitStack()
+
+    def start(self, cloud: SimulatedCloud, base: Path) -> SimLab:
+        """Start instance hosts and ``jupyter lab`` on ``cloud``, in the directory ``base``."""
+        from jupyter_ec2.testing import InstanceHosts
+        from jupyter_ec2.testing.demo import remove_user, simulated_config
+
+        python = remote_lab_python()
+        with contextlib.ExitStack() as stack:
+            stack.callback(remove_user, SIM_NOTEBOOK_USER)
+            hosts = InstanceHosts(cloud, base / "hosts", boot_delay=SIM_BOOT_DELAY)
+            stack.callback(hosts.close)
+            config = simulated_config(
+                cloud,
+                hosts,
+                base / "ec2-state",
+                notebook_user=SIM_NOTEBOOK_USER,
+                profiles=PROFILES,
+            )
+            config["EC2Launcher"]["default_profile"] = "cpu"
+            config["Provisioner"]["environment"] = {"kind": "existing", "python": python}
+            server = stack.enter_context(run_lab(base, server_config=config, extra_env=cloud.env()))
+            stack.callback(_terminate_everything, server, hosts)
+            self.lab = SimLab(server=server, cloud=cloud, hosts=hosts)
+            self._stack = stack.pop_all()
+        return self.lab
+
+    def close(self) -> None:
+        """Terminate every instance, stop the lab and the hosts, remove the notebook user."""
+        self.lab = None
+        self._stack.close()
+
+
+@pytest.fixture(scope="session")
+def _jp_ec2_sim_lab_keeper() -> Iterator[_SimLabKeeper]:
+    """Holds the simulated-cloud lab between modules; stops whatever still runs at the end."""
+    keeper = _SimLabKeeper()
+    try:
+        yield keeper
+    finally:
+        keeper.close()
+
+
+def _next_module_uses_sim_lab(request: pytest.FixtureRequest) -> bool:
+    """Whether the test that runs after this module's last one uses the simulated-cloud lab."""
+    items = request.session.items
+    mine = [
+        index for index, item in enumerate(items) if item.getparent(pytest.Module) is request.node
+    ]
+    after = mine[-1] + 1 if mine else len(items)
+    return after < len(items) and _uses_sim_lab(items[after])
+
+
 @pytest.fixture(scope="module")
 def jp_ec2_sim_lab(
     jp_ec2_session_cloud: SimulatedCloud,
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
+    _jp_ec2_sim_lab_keeper: _SimLabKeeper,
 ) -> Iterator[SimLab]:
     """``jupyter lab`` with jupyter-ec2 on the simulated cloud, the two test profiles, and
-    instance hosts that boot in a few seconds; every instance is terminated afterwards.
+    instance hosts that boot in a few seconds; every instance is terminated after each module.
 
-    Module-scoped: the instance hosts and the notebook user live only while the module runs,
-    so other modules may reset the shared simulated cloud.
+    Module-scoped, but the same lab serves the next module when that module uses it too (this
+    directory's modules that use it run one after another, see
+    :func:`pytest_collection_modifyitems`): starting it costs about ten seconds. It is stopped,
+    with its instance hosts and notebook user, before any other module runs, so other modules
+    may reset the shared simulated cloud.
     """
-    from jupyter_ec2.testing import InstanceHosts
-    from jupyter_ec2.testing.demo import remove_user, simulated_config
-
     if os.geteuid() != 0:
         pytest.skip("the instance hosts run sshd and create a notebook user: run as root")
-    python = remote_lab_python()
-    base = tmp_path_factory.mktemp("jp_ec2_sim_lab")
-    cloud = jp_ec2_session_cloud
-    hosts = InstanceHosts(cloud, base / "hosts", boot_delay=SIM_BOOT_DELAY)
+    keeper = _jp_ec2_sim_lab_keeper
+    lab = keeper.lab
+    if lab is None:
+        lab = keeper.start(jp_ec2_session_cloud, tmp_path_factory.mktemp("jp_ec2_sim_lab"))
     try:
-        config = simulated_config(
-            cloud,
-            hosts,
-            base / "ec2-state",
-            notebook_user=SIM_NOTEBOOK_USER,
-            profiles=PROFILES,
-        )
-        config["EC2Launcher"]["default_profile"] = "cpu"
-        config["Provisioner"]["environment"] = {"kind": "existing", "python": python}
-        with run_lab(base, server_config=config, extra_env=cloud.env()) as server:
-            try:
-                yield SimLab(server=server, cloud=cloud, hosts=hosts)
-            finally:
-                _terminate_everything(server, hosts)
+        yield lab
     finally:
-        hosts.close()
-        remove_user(SIM_NOTEBOOK_USER)
+        if _next_module_uses_sim_lab(request):
+            # The next module starts with no instance, as if the lab were new.
+            _terminate_everything(lab.server, lab.hosts)
+        else:
+            keeper.close()

@@ -8,11 +8,9 @@ machine, provisioning creates a notebook user and starts a remote JupyterLab on 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -352,19 +350,6 @@ def test_launch_from_a_tile_open_the_remote_notebook_then_stop_start_and_termina
             terminate_quietly(server, instance_id)
 
 
-def set_user_settings(server: LabServer, settings: dict) -> None:
-    """Write jupyter-ec2's user settings, as the Settings Editor does."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(  # noqa: S310 (an http://127.0.0.1 URL we built)
-        f"{server.base_url}lab/api/settings/jupyter-ec2:plugin",
-        data=json.dumps({"raw": json.dumps(settings)}).encode(),
-        method="PUT",
-        headers={"Authorization": f"token {server.token}", "Content-Type": "application/json"},
-    )
-    with opener.open(request, timeout=30) as response:
-        assert response.status == 204, response.status
-
-
 @pytest.mark.timeout(600)
 def test_a_reload_mid_launch_restores_the_panel_which_keeps_following(
     jp_ec2_page: Page, jp_ec2_sim_lab: SimLab
@@ -373,7 +358,7 @@ def test_a_reload_mid_launch_restores_the_panel_which_keeps_following(
     before = managed_ids(server)
     instance_id = None
     # Given the user setting that opens a launched notebook by itself once it is ready
-    set_user_settings(server, {"autoOpen": True})
+    server.set_user_settings({"autoOpen": True})
     try:
         # And an instance launched from a tile, still coming up, with the panel saved in the
         # workspace (JupyterLab saves its layout a moment after a change)
@@ -414,6 +399,6 @@ def test_a_reload_mid_launch_restores_the_panel_which_keeps_following(
         expect(log).to_contain_text(instance_id)
         expect(card.locator('[data-action="log"]')).to_have_text("Hide log")
     finally:
-        set_user_settings(server, {})
+        server.set_user_settings({})
         if instance_id is not None:
             terminate_quietly(server, instance_id)
