@@ -27,6 +27,7 @@ from traitlets import Enum, Float, Instance, Integer
 
 from . import costs as cost_rules
 from . import lifecycle as lc
+from .before_stop import run_before_stop
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .models import LaunchRequest, Phase, Profile, ProfileSet, validate_instance_id
 from .origin import remote_url as origin_url
@@ -438,9 +439,11 @@ class LaunchManager(InstanceWatcher):
         lc.check_action(record.id, self.state_of(record), action)
         async with self._action(record):
             await self._cancel_task(record)
+            was = record.phase
             self._set_phase(record, phase, f"Asking EC2 to {action} the instance.")
             # The answer is the phase the action entered (the poller may already see further).
             answer = self.to_json(record)
+            await run_before_stop(self, record, action, was)  # bounded; never blocks the stop
             await self._close_forward(record)
             try:
                 await self._thread(call, [record.id], record.region)
