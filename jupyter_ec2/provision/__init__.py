@@ -61,6 +61,7 @@ from .ssh import (
     connect,
     diagnose,
 )
+from .stop_step import run_on_instance
 
 #: What a dropped or refusing SSH session raises from paramiko's SFTP and channels.
 _TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException)
@@ -896,6 +897,11 @@ class Provisioner(LoggingConfigurable):
                 + (" ".join(output)[-200:] or f"exit status {result.exit_status}")
             )
         return float(output[-1].strip())
+
+    def run_before_stop(self, target: SSHTarget, instance_id: str) -> dict[str, Any]:
+        """Run the instance's before-stop step (``before_stop``) over SSH; its outcome
+        ``{"ok", "detail", …}`` (SSHError only when no session comes up)."""
+        return run_on_instance(self, target, validate_instance_id(instance_id))
 
     def read_idle_status(
         self,

@@ -758,6 +758,12 @@ step_notebooks() {
     as_user mkdir -p -- "$NB_HOME/notebooks"
     changed
   fi
+  # jupyter-collaboration's file id store (before_stop = save-notebooks) is a SQLite file in
+  # the Jupyter data dir, which SQLite does not create: the server fails without it.
+  if [[ ! -d $NB_HOME/.local/share/jupyter ]]; then
+    as_user mkdir -p -- "$NB_HOME/.local/share/jupyter"
+    changed
+  fi
   step_done
 }
 
