@@ -23,6 +23,7 @@ from .handlers import (
     KeepaliveHandler,
     PreflightHandler,
     ProfilesHandler,
+    SnapshotsHandler,
 )
 from .models import INSTANCE_ID_PATTERN, ProfileSet, load_profiles
 from .origin import (
@@ -56,6 +57,7 @@ class EC2Launcher(ExtensionApp):
     routes = [
         (rf"/{API_PREFIX}/profiles", ProfilesHandler),
         (rf"/{API_PREFIX}/costs", CostsHandler),
+        (rf"/{API_PREFIX}/snapshots", SnapshotsHandler),
         (rf"/{API_PREFIX}/preflight", PreflightHandler),
         (rf"/{API_PREFIX}/instances", InstancesHandler),
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})", InstanceHandler),
@@ -207,6 +209,16 @@ class EC2Launcher(ExtensionApp):
         None: no limit.""",
     ).tag(config=True)
 
+    terminate_stopped_after_days = Float(
+        0,
+        min=0.0,
+        help="""Forgotten stopped instances: one stopped this many days (fractions allowed) has
+        every disk snapshotted (the snapshots tagged as managed, listed by GET snapshots with
+        their $/month), then is terminated once the snapshots are completed; a failed snapshot
+        leaves it running nothing and NOT terminated, and says why. JupyterLab warns a day
+        before. 0: never.""",
+    ).tag(config=True)
+
     state_dir = Unicode(
         help="""Where jupyter-ec2 keeps its state: the SSH key pair, pinned host keys, remote
         tokens and instance records, all in files only you can read (0600, directory 0700).""",
@@ -261,6 +273,7 @@ class EC2Launcher(ExtensionApp):
             on_failure=self.on_failure,
             monthly_budget_usd=self.monthly_budget_usd,
             max_hourly_usd=self.max_hourly_usd,
+            terminate_stopped_after_days=self.terminate_stopped_after_days,
         )
 
         def remote_lookup(instance_id: str) -> RemoteEndpoint | None:

@@ -65,6 +65,8 @@ TAG_OWNER = "jupyter-ec2:owner"
 TAG_PROFILE = "jupyter-ec2:profile"
 TAG_LAUNCH_ID = "jupyter-ec2:launch-id"
 TAG_NAME = "Name"
+#: On a snapshot jupyter-ec2 made: the instance whose disk it holds.
+TAG_SOURCE_INSTANCE = "jupyter-ec2:source-instance"
 
 SSH_PORT = 22
 #: Rule descriptions mark which ingress rules the extension made, and why.
@@ -149,6 +151,41 @@ class ManagedInstance:
     state_reason: str | None = None
     state_reason_code: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    #: The EBS volumes attached (BlockDeviceMappings), and when EC2 says it stopped (if known).
+    volume_ids: tuple[str, ...] = ()
+    stopped_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One EBS snapshot jupyter-ec2 made, as EC2 reports it."""
+
+    id: str
+    region: str
+    volume_id: str
+    state: str  # pending | completed | error (| recoverable | recovering)
+    progress: str
+    size_gb: int | None
+    source_instance: str | None
+    created_at: str | None
+    message: str | None = None
+
+
+def snapshot_from_description(desc: Mapping[str, Any], region: str) -> SnapshotInfo:
+    """A :class:`SnapshotInfo` from a CreateSnapshot answer or a DescribeSnapshots entry."""
+    tags = {t["Key"]: t["Value"] for t in desc.get("Tags") or []}
+    started = desc.get("StartTime")
+    return SnapshotInfo(
+        id=desc["SnapshotId"],
+        region=region,
+        volume_id=desc.get("VolumeId", ""),
+        state=desc.get("State", "pending"),
+        progress=desc.get("Progress") or "",
+        size_gb=desc.get("VolumeSize"),
+        source_instance=tags.get(TAG_SOURCE_INSTANCE),
+        created_at=started.isoformat() if isinstance(started, dt.datetime) else started,
+        message=scrub_message(desc["StateMessage"]) if desc.get("StateMessage") else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -653,7 +690,26 @@ def managed_instance_from_description(
         state_reason=reason,
         state_reason_code=code,
         tags=tags,
+        volume_ids=tuple(
+            m["Ebs"]["VolumeId"]
+            for m in description.get("BlockDeviceMappings") or []
+            if (m.get("Ebs") or {}).get("VolumeId")
+        ),
+        stopped_at=transition_time(description)
+        if (description.get("State") or {}).get("Name") == "stopped"
+        else None,
     )
+
+
+def transition_time(description: Mapping[str, Any]) -> dt.datetime | None:
+    """When the last state transition happened, from ``StateTransitionReason`` ("User initiated
+    (2024-05-01 10:00:00 GMT)"), or None when EC2 gives no time there."""
+    text = description.get("StateTransitionReason") or ""
+    match = re.search(r"\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) GMT\)", text)
+    if not match:
+        return None
+    moment = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
+    return moment.replace(tzinfo=dt.timezone.utc)
 
 
 # -- pure helpers: errors -------------------------------------------------------------------------
@@ -1567,6 +1623,52 @@ class EC2Backend(LoggingConfigurable):
                     f"Instance {inst.instance_id} is {inst.state} and cannot {action}.",
                     code="IncorrectInstanceState",
                 )
+
+    # -- snapshots of forgotten stopped instances (jupyter_ec2.forgotten) ---------------------
+
+    def snapshot_volumes(self, instance_id: str, region: str | None = None) -> list[SnapshotInfo]:
+        """Snapshot every EBS volume of a managed instance, each snapshot tagged as managed with
+        its source instance; returns them as CreateSnapshot answered (usually ``pending``)."""
+        inst = self.owned([instance_id], region)[0]
+        if not inst.volume_ids:
+            raise ConflictError(f"Instance {instance_id} has no EBS volume to snapshot.")
+        region = validate_region(region or self.region)
+        ec2 = self.client(region)
+        tags = {
+            TAG_MANAGED: "true",
+            TAG_OWNER: self.owner_id,
+            TAG_SOURCE_INSTANCE: instance_id,
+            TAG_NAME: f"jupyter-ec2 {inst.name or instance_id}"[:255],
+        }
+        made = []
+        with self._aws("snapshot the instance's disk", region):
+            for volume_id in inst.volume_ids:
+                answer = ec2.create_snapshot(
+                    VolumeId=volume_id,
+                    Description=f"jupyter-ec2: disk of {instance_id}, stopped too long",
+                    TagSpecifications=build_tag_specifications(tags, ("snapshot",)),
+                )
+                made.append(snapshot_from_description(answer, region))
+        return made
+
+    def list_snapshots(
+        self, region: str | None = None, ids: Iterable[str] | None = None
+    ) -> list[SnapshotInfo]:
+        """The managed snapshots of this owner in a region (or just ``ids``)."""
+        region = validate_region(region or self.region)
+        ec2 = self.client(region)
+        filters = [
+            {"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]},
+            {"Name": f"tag:{TAG_OWNER}", "Values": [self.owner_id]},
+        ]
+        kwargs: dict[str, Any] = {"OwnerIds": ["self"], "Filters": filters}
+        if ids is not None:
+            kwargs["SnapshotIds"] = list(ids)
+        found = []
+        with self._aws("list snapshots", region):
+            for page in ec2.get_paginator("describe_snapshots").paginate(**kwargs):
+                found += [snapshot_from_description(s, region) for s in page.get("Snapshots", [])]
+        return sorted(found, key=lambda s: (s.created_at or "", s.id))
 
 
 def _state_changes(items: Iterable[Mapping[str, Any]]) -> list[StateChange]:

@@ -97,6 +97,18 @@ class CostsHandler(EC2APIHandler):
         self.write_json(manager.costs_summary())
 
 
+class SnapshotsHandler(EC2APIHandler):
+    """``GET snapshots``: the snapshots jupyter-ec2 made of forgotten stopped instances."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def get(self) -> None:
+        """Each managed snapshot with its state, size, source instance and $/month."""
+        manager = await self.manager()
+        self.write_json({"snapshots": await manager.forgotten.list_snapshots()})
+
+
 class InstancesHandler(EC2APIHandler):
     """``GET instances`` lists every managed instance; ``POST instances`` launches one."""
 

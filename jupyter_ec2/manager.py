@@ -27,7 +27,10 @@ from traitlets import Enum, Float, Instance, Integer
 
 from . import costs as cost_rules
 from . import lifecycle as lc
+from .before_stop import run_before_stop
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
+from .forgotten import STORE_NAME as FORGOTTEN
+from .forgotten import ForgottenInstances
 from .models import LaunchRequest, Phase, Profile, ProfileSet, validate_instance_id
 from .origin import remote_url as origin_url
 from .preflight import Preflight, point_to_check
@@ -55,6 +58,7 @@ class LaunchManager(InstanceWatcher):
     open_mode = Enum(["proxy", "direct"], default_value="proxy", help="See EC2Launcher.open_mode.")
     monthly_budget_usd = Float(None, allow_none=True, help="See EC2Launcher.monthly_budget_usd.")
     max_hourly_usd = Float(None, allow_none=True, help="See EC2Launcher.max_hourly_usd.")
+    terminate_stopped_after_days = Float(0, help="See EC2Launcher.terminate_stopped_after_days.")
 
     boot_timeout = Float(
         600.0, min=1.0, help="Seconds to wait for a launched or started instance to run."
@@ -81,6 +85,8 @@ class LaunchManager(InstanceWatcher):
         self._budget_warned: float | None = None  # the month start of the last warning
         self._keep_until: dict[str, float] = {}  # instance id -> keepalive asked until (local)
         self.subscribe(self._feed_costs)
+        self.forgotten = ForgottenInstances(self)  # stopped too long: snapshot, then terminate
+        self.subscribe(self.forgotten.on_event)
         self.preflight_checks = Preflight(
             self.backend,
             lambda: list(self.profiles.profiles.values()),
@@ -106,6 +112,11 @@ class LaunchManager(InstanceWatcher):
             self.log.warning("jupyter-ec2: the cost history is unreadable: %s", err.message)
             saved = None
         self.costs = cost_rules.CostLedger.from_json(saved)
+        try:
+            self.forgotten.load(await self._thread(self.store.read_json, FORGOTTEN))
+        except EC2LauncherError as err:  # start afresh: stops count from now on
+            self.log.warning("jupyter-ec2: the stopped-instance history is unreadable: %s", err)
+            self.forgotten.load(None)
         try:
             await self.poll_once()  # re-discovers every managed instance by its tags
         except EC2LauncherError as err:
@@ -194,7 +205,7 @@ class LaunchManager(InstanceWatcher):
             tunnel=tunnel,
             idle=self._idle_json(record),
             cost=self.costs.instance_cost(record.id, self.clock()),
-        )
+        ) | self.forgotten.fields(record)
 
     # -- costs ---------------------------------------------------------------------------------
 
@@ -438,9 +449,11 @@ class LaunchManager(InstanceWatcher):
         lc.check_action(record.id, self.state_of(record), action)
         async with self._action(record):
             await self._cancel_task(record)
+            was = record.phase
             self._set_phase(record, phase, f"Asking EC2 to {action} the instance.")
             # The answer is the phase the action entered (the poller may already see further).
             answer = self.to_json(record)
+            await run_before_stop(self, record, action, was)  # bounded; never blocks the stop
             await self._close_forward(record)
             try:
                 await self._thread(call, [record.id], record.region)

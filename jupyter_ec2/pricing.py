@@ -45,6 +45,24 @@ def ebs_filters(region: str, volume_api_name: str = "gp3") -> list[dict[str, str
     return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in fields.items()]
 
 
+def snapshot_filters(region: str) -> list[dict[str, str]]:
+    """Price List filters for EBS snapshot storage in a region."""
+    fields = {"productFamily": "Storage Snapshot", "regionCode": region}
+    return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in fields.items()]
+
+
+def snapshot_gb_month_from_price_list(documents: Iterable[str | dict[str, Any]]) -> float | None:
+    """The standard-tier snapshot USD price per GB-month (usage type ``…EBS:SnapshotUsage``;
+    the archive tier and other usage types are left out), or None."""
+    standard = []
+    for document in documents:
+        product = json.loads(document) if isinstance(document, str) else document
+        usage = ((product.get("product") or {}).get("attributes") or {}).get("usagetype", "")
+        if usage.endswith("EBS:SnapshotUsage"):
+            standard.append(product)
+    return gb_month_usd_from_price_list(standard)
+
+
 def hourly_usd_from_price_list(documents: Iterable[str | dict[str, Any]]) -> float | None:
     """The on-demand USD price per hour in Price List product documents, or None.
 
@@ -148,6 +166,17 @@ class PriceCatalog:
         return self._cached(
             (region, f"ebs:{volume_type}", False), lambda r, _k: self._storage(r, volume_type)
         )
+
+    def snapshot_gb_month_usd(self, region: str) -> float | None:
+        """The EBS snapshot price per GB-month in USD in a region, or None (call from a thread)."""
+        return self._cached((region, "ebs:snapshot", False), lambda r, _k: self._snapshot(r))
+
+    def _snapshot(self, region: str) -> float | None:
+        client = self._client("pricing", PRICING_REGION)
+        answer = client.get_products(
+            ServiceCode="AmazonEC2", Filters=snapshot_filters(region), MaxResults=100
+        )
+        return snapshot_gb_month_from_price_list(answer.get("PriceList") or [])
 
     def _cached(
         self, key: tuple[str, str, bool], look_up: Callable[[str, str], float | None]

@@ -56,6 +56,7 @@ class InstanceRecord(InstanceData):
     started_at: float = field(default_factory=time.monotonic)  # last launch or start
     absent_since: float | None = None  # first describe answer that left it out
     entered_at: float = field(default_factory=time.monotonic)  # when the phase began
+    ec2_stopped_at: Any = None  # EC2's own stop time when it gives one (jupyter_ec2.forgotten)
 
 
 class InstanceWatcher(LoggingConfigurable):
@@ -212,6 +213,7 @@ class InstanceWatcher(LoggingConfigurable):
     def _observe(self, record: InstanceRecord, inst: Any) -> None:
         """Apply what one describe answer says of an instance."""
         record.address = inst.public_ip or inst.public_dns or inst.private_ip
+        record.ec2_stopped_at = getattr(inst, "stopped_at", None)
         if record.absent_since is not None:
             record.absent_since = None
             self._log(record, "ec2", "EC2 reports the instance again.")

@@ -220,6 +220,9 @@ class QuickProvisioner(Provisioner):
     def read_idle_status(self, target, instance_id, **kw):
         return None
 
+    def run_before_stop(self, target, instance_id):
+        return {"ok": True, "detail": "nothing to save (fake)"}
+
 
 class StateOnlyForward:
     """FAKE forward: a port and a state, nothing listening."""

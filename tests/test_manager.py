@@ -155,6 +155,9 @@ class FakeProvisioner(Provisioner):
     def read_idle_status(self, target, instance_id, **kw):
         return FakeProvisioner.idle
 
+    def run_before_stop(self, target, instance_id):
+        return {"ok": True, "detail": "nothing to save (fake)"}
+
 
 class FakeForward:
     """FAKE forward: a port and a state."""

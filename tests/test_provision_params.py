@@ -61,6 +61,7 @@ def params(**overrides):
         "notebook_user": "jupyter",
         "idle_stop_command": "touch /tmp/x",
         "environment": {"kind": "existing", "python": "/opt/py/bin/python"},
+        "before_stop": "",  # tests/test_before_stop.py covers the default, save-notebooks
     }
     values.update(overrides)
     return build_params(**values)

@@ -61,6 +61,7 @@ from .ssh import (
     connect,
     diagnose,
 )
+from .stop_step import run_on_instance
 
 #: What a dropped or refusing SSH session raises from paramiko's SFTP and channels.
 _TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException)
@@ -335,6 +336,21 @@ class Provisioner(LoggingConfigurable):
         "would, run without one, as root.",
     ).tag(config=True)
 
+    before_stop = Unicode(
+        _params.SAVE_NOTEBOOKS,
+        help="Run on the instance before every stop and terminate (idle auto-stop, Stop, "
+        "Terminate): 'save-notebooks' saves every notebook with unsaved changes open in the "
+        "remote JupyterLab (jupyter-collaboration is added to pip and conda environments for "
+        "it; an 'existing' one needs it installed); any other text is a shell command run as "
+        "the notebook user in ~/notebooks; '' runs nothing. Bounded by before_stop_timeout; "
+        "its outcome goes to the instance log; a failure never blocks the stop.",
+    ).tag(config=True)
+
+    before_stop_timeout = Float(
+        60,
+        help="Seconds the before_stop step may take before it is killed and the stop goes on.",
+    ).tag(config=True)
+
     ssh_config_file = Unicode(
         None,
         allow_none=True,
@@ -471,6 +487,11 @@ class Provisioner(LoggingConfigurable):
     def _check_idle_minutes(self, proposal: Any) -> float:
         return float(validate_idle_stop_minutes(proposal["value"]))
 
+    @validate("before_stop")
+    def _check_before_stop(self, proposal: Any) -> str:
+        _params.validate_before_stop(proposal["value"])
+        return proposal["value"]
+
     @validate("idle_stop_command")
     def _check_stop_command(self, proposal: Any) -> str:
         validate_stop_command(proposal["value"])
@@ -485,7 +506,7 @@ class Provisioner(LoggingConfigurable):
             raise ValidationError("ssh_config_file", "ssh_config_file must be a file path.")
         return os.path.expanduser(value)
 
-    @validate("connect_timeout", "script_timeout", "ready_timeout")
+    @validate("connect_timeout", "script_timeout", "ready_timeout", "before_stop_timeout")
     def _check_timeouts(self, proposal: Any) -> float:
         return float(validate_seconds(proposal["value"], proposal["trait"].name, minimum=0.1))
 
@@ -571,6 +592,8 @@ class Provisioner(LoggingConfigurable):
             rotate_host_key=self._should_rotate(instance_id),
             sshd_host_key_file=self.sshd_host_key_file,
             sshd_pid_file=self.sshd_pid_file,
+            before_stop=self.before_stop,
+            before_stop_timeout=self.before_stop_timeout,
         )
 
     def _should_rotate(self, instance_id: str) -> bool:
@@ -659,6 +682,7 @@ class Provisioner(LoggingConfigurable):
             output.step, output.percent = "upload", 3
             output.progress(STEP_LABELS["upload"] + "…")
             files = {"setup.sh": script, "watchdog.py": watchdog, "params.json": payload}
+            files["before_stop.py"] = _resource("before_stop.py")
             result = self._run_script(conn, instance_id, files, output)
         if "host_key" in output.results:
             output.step = "host-key"
@@ -873,6 +897,11 @@ class Provisioner(LoggingConfigurable):
                 + (" ".join(output)[-200:] or f"exit status {result.exit_status}")
             )
         return float(output[-1].strip())
+
+    def run_before_stop(self, target: SSHTarget, instance_id: str) -> dict[str, Any]:
+        """Run the instance's before-stop step (``before_stop``) over SSH; its outcome
+        ``{"ok", "detail", …}`` (SSHError only when no session comes up)."""
+        return run_on_instance(self, target, validate_instance_id(instance_id))
 
     def read_idle_status(
         self,

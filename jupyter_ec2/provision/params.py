@@ -50,6 +50,10 @@ REMOTE_PATH = "jupyter-ec2/remote/{instance_id}/"
 MAX_PARAMS_BYTES = 256 * 1024
 WEBSOCKET_MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
 MAX_COMMAND_CHARS = 1000
+#: The ``before_stop`` value that saves every open notebook (see provision/before_stop.py).
+SAVE_NOTEBOOKS = "save-notebooks"
+#: What ``save-notebooks`` needs in a pip or conda environment (the shared documents).
+COLLABORATION_PACKAGE = "jupyter-collaboration"
 MAX_BASE_URL_CHARS = 300
 MAX_PATH_CHARS = 255
 MAX_AUTHORIZED_KEYS = 10
@@ -224,6 +228,16 @@ def validate_stop_command(value: Any, field: str = "idle_stop_command") -> list[
             field, f"{field} must start with a program name or absolute path, not {value!r:.40}."
         )
     return argv
+
+
+def validate_before_stop(value: Any, field: str = "before_stop") -> dict[str, str]:
+    """``before_stop``: ``save-notebooks``, ``""`` (nothing) or one shell command line."""
+    value = _string(value, field, "a command line", MAX_COMMAND_CHARS).strip()
+    if value in ("", SAVE_NOTEBOOKS):
+        return {"action": value or "nothing", "command": ""}
+    if not value.isprintable():
+        raise ValidationError(field, f"{field} must be one line of printable characters.")
+    return {"action": "command", "command": value}
 
 
 def validate_password_hash(value: Any, field: str = "password_hash") -> str | None:
@@ -438,6 +452,8 @@ def build_params(
     rotate_host_key: bool = False,
     sshd_host_key_file: str = "/etc/ssh/ssh_host_ed25519_key",
     sshd_pid_file: str = "/run/sshd.pid",
+    before_stop: str = SAVE_NOTEBOOKS,
+    before_stop_timeout: float = 60,
 ) -> dict[str, Any]:
     """The parameter file of ``setup.sh``: every value validated, nothing to interpret.
 
@@ -462,6 +478,11 @@ def build_params(
     env = normalize_environment(
         environment if environment is not None else {"kind": "pip", "packages": ["jupyterlab"]}
     )
+    step = validate_before_stop(before_stop)
+    step["timeout"] = validate_seconds(before_stop_timeout, "before_stop_timeout", minimum=1)
+    wanted = step["action"] == SAVE_NOTEBOOKS and env["kind"] in ("pip", "conda")
+    if wanted and COLLABORATION_PACKAGE not in {_requirement_name(p) for p in env["packages"]}:
+        env["packages"].append(COLLABORATION_PACKAGE)
     if wheel_dir is not None:
         wheel_dir = validate_abs_path(wheel_dir, "wheel_dir")
     minutes = validate_idle_stop_minutes(idle_stop_minutes)
@@ -482,6 +503,7 @@ def build_params(
         "tls": tls,
         "idle_stop_minutes": float(minutes),
         "idle_stop_command": argv,
+        "before_stop": step,
         "ready_timeout": validate_seconds(ready_timeout, "ready_timeout", minimum=1),
         "fast": bool(fast),
         "base_python": validate_program(base_python, "base_python"),

@@ -153,7 +153,17 @@ with open(params_file) as f:
     p = json.load(f)
 if what == "environment":
     out = {"environment": p["environment"], "wheel_dir": p["wheel_dir"], "python": sys.argv[4]}
+elif what == "before_stop":
+    out = dict(
+        p["before_stop"],
+        instance_id=p["instance_id"],
+        config_file=state + "/jupyter_server_config.json",
+        python=sys.argv[4],
+        notebook_user=sys.argv[5],
+        workdir=sys.argv[6],
+    )
 else:
+    step = [sys.argv[4], state + "/before_stop.py", "run", state + "/before_stop.json"]
     out = {
         "instance_id": p["instance_id"],
         "config_file": state + "/jupyter_server_config.json",
@@ -161,6 +171,8 @@ else:
         "pid_file": state + "/watchdog.pid",
         "idle_stop_minutes": p["idle_stop_minutes"],
         "command": p["idle_stop_command"],
+        "before_stop": None if p["before_stop"]["action"] == "nothing" else step,
+        "before_stop_timeout": p["before_stop"]["timeout"],
     }
 sys.stdout.write(json.dumps(out, indent=1, sort_keys=True) + "\n")
 '
@@ -746,6 +758,12 @@ step_notebooks() {
     as_user mkdir -p -- "$NB_HOME/notebooks"
     changed
   fi
+  # jupyter-collaboration's file id store (before_stop = save-notebooks) is a SQLite file in
+  # the Jupyter data dir, which SQLite does not create: the server fails without it.
+  if [[ ! -d $NB_HOME/.local/share/jupyter ]]; then
+    as_user mkdir -p -- "$NB_HOME/.local/share/jupyter"
+    changed
+  fi
   step_done
 }
 
@@ -920,10 +938,23 @@ stop_watchdog() {
   fi
 }
 
+# The before-stop step (before_stop.py) and its settings, run before every stop: by the
+# watchdog before its stop command, and by the extension over SSH before Stop and Terminate.
+install_before_stop() {
+  install_file "$SCRIPT_DIR/before_stop.py" "$STATE/before_stop.py" 0644 0:0
+  python3 -c "$RENDER_JSON_PY" "$PARAMS" before_stop "$STATE" "$PY" "$NB_USER" \
+    "$NB_HOME/notebooks" >"$WORK/before_stop.json"
+  install_file "$WORK/before_stop.json" "$STATE/before_stop.json" 0600 0:0
+  printf '#!/bin/sh\n# Written by jupyter-ec2: the before-stop step of %s.\nexec %q %q run %q\n' \
+    "$ID" "$BASE_PY" "$STATE/before_stop.py" "$STATE/before_stop.json" >"$WORK/before-stop"
+  install_file "$WORK/before-stop" "$STATE/before-stop" 0755 0:0
+}
+
 step_watchdog() {
   step watchdog 95
   local minutes=${P[idle_stop_minutes]} system_python
   system_python=$BASE_PY
+  install_before_stop
   if [[ $minutes =~ ^0(\.0*)?$ ]]; then
     echo "idle auto-stop is off"
     stop_watchdog
@@ -939,7 +970,7 @@ step_watchdog() {
   "$system_python" "$SCRIPT_DIR/watchdog.py" --check || exit 1
   install_file "$SCRIPT_DIR/watchdog.py" "$STATE/watchdog.py" 0644 0:0
   ((FILE_CHANGED)) && restart=1
-  python3 -c "$RENDER_JSON_PY" "$PARAMS" watchdog "$STATE" >"$WORK/watchdog.json"
+  python3 -c "$RENDER_JSON_PY" "$PARAMS" watchdog "$STATE" "$system_python" >"$WORK/watchdog.json"
   install_file "$WORK/watchdog.json" "$STATE/watchdog.json" 0600 0:0
   ((FILE_CHANGED)) && restart=1
   if have_systemd; then

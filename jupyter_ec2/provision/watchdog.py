@@ -19,8 +19,10 @@ It keeps a status file (JSON, world-readable, no secrets) that the extension rea
 
 Settings (JSON): ``instance_id``, ``config_file``, ``status_file``, ``pid_file``,
 ``idle_stop_minutes`` (0 = do nothing but report), ``command`` (list of words), and optionally
-``interval`` (seconds between polls) and ``keepalive_file`` (default: ``keepalive.json`` beside
-the status file).
+``interval`` (seconds between polls), ``keepalive_file`` (default: ``keepalive.json`` beside
+the status file), and ``before_stop`` (a word list: ``before_stop.py run SETTINGS``, run before
+``command``, its outcome logged and kept as ``last_before_stop``; it never prevents the stop)
+with ``before_stop_timeout``.
 
 Keepalive: the extension writes ``{"until": UNIX_TIME}`` (instance clock) to the keepalive file
 ("Keep running 1 h"); it is read before every decision, and the machine never stops before that
@@ -166,6 +168,9 @@ class Watchdog:
         self.clock = IdleClock(self.minutes * 60.0, time.time())
         self.last_command = None
         self.stopping = False
+        self.before_stop = [str(word) for word in settings.get("before_stop") or []]
+        self.before_stop_timeout = float(settings.get("before_stop_timeout") or 60)
+        self.last_before_stop = None
 
     def log(self, message):
         """One line on stderr (the watchdog's log file)."""
@@ -222,6 +227,7 @@ class Watchdog:
             "terminals": reading.terminals,
             "server": "up" if reading.up else "unreachable",
             "last_command": self.last_command,
+            "last_before_stop": self.last_before_stop,
             "keep_until": self.clock.keep_until,
         }
         tmp = self.status_file + ".tmp"
@@ -231,9 +237,38 @@ class Watchdog:
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.status_file)
 
+    def run_before_stop(self, now):
+        """Run the before-stop step (``before_stop.py run``); its outcome is logged and kept in
+        the status file, and a failure or timeout never keeps the stop command from running."""
+        if not self.before_stop:
+            return
+        env = {"PATH": STD_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
+        try:
+            done = subprocess.run(
+                self.before_stop,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # The step bounds itself; this only guards against the runner itself hanging.
+                timeout=self.before_stop_timeout + 30,
+            )
+            lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
+            result = json.loads(lines[-1]) if lines else {"ok": False, "detail": "no output"}
+        except Exception as err:
+            result = {"ok": False, "detail": "the before-stop step failed: " + str(err)[:300]}
+        result["at"] = now
+        self.last_before_stop = result
+        self.log(
+            "before stop: {} ({})".format(
+                "done" if result.get("ok") else "FAILED", result.get("detail", "")
+            )  # fmt: skip
+        )
+
     def run_command(self, now):
-        """Run the stop command (no shell) and start a new idle period."""
+        """Run the before-stop step, then the stop command (no shell); start a new idle period."""
         self.log("idle for {:.2f} min: running {}".format(self.minutes, " ".join(self.command)))
+        self.run_before_stop(now)
         env = {"PATH": STD_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
         try:
             done = subprocess.run(

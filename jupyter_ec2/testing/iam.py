@@ -146,6 +146,7 @@ _TAGGED_TYPES = {
     "RunInstances": ("instance", "volume", "spot-instances-request"),
     "CreateSecurityGroup": ("security-group",),
     "ImportKeyPair": ("key-pair",),
+    "CreateSnapshot": ("snapshot",),
 }
 
 
@@ -248,6 +249,14 @@ def needs_of(
         needs.append(
             Need(ec2_action, f"{arn}:key-pair/{params.get('KeyName', '')}", requested("key-pair"))
         )
+    elif action == "CreateSnapshot":
+        # The volume (its tags as they are) and the new snapshot (the request's tags); snapshot
+        # ARNs have no account. https://docs.aws.amazon.com/service-authorization/latest/
+        # reference/list_amazonec2.html (CreateSnapshot: snapshot*, volume*)
+        needs += [
+            existing("volume", params.get("VolumeId", "")),
+            Need(ec2_action, f"arn:aws:ec2:{region}::snapshot/*", requested("snapshot")),
+        ]
     elif action == "CreateTags":
         for resource_id in _indexed(params, "ResourceId"):
             needs.append(existing(_resource_type(resource_id), resource_id))
@@ -256,7 +265,9 @@ def needs_of(
     for rtype, rtags in tags.items():
         if action in _TAGGED_TYPES:
             context = {"ec2:CreateAction": action, **_tag_context("aws:RequestTag", rtags)}
-            needs.append(Need("ec2:CreateTags", f"{arn}:{rtype}/*", context))
+            # Snapshot (and image) ARNs name no account: arn:aws:ec2:REGION::snapshot/ID.
+            base = f"arn:aws:ec2:{region}:" if rtype == "snapshot" else arn
+            needs.append(Need("ec2:CreateTags", f"{base}:{rtype}/*", context))
     return needs
 
 

@@ -10,7 +10,9 @@ moto accepts what AWS refuses and is never late. :class:`StrictFront` is a small
   format, before moto sees it;
 - in *lag* mode (:meth:`StrictFront.set_lag`) hides an instance for a while after
   ``RunInstances`` or ``StartInstances``: ``DescribeInstances`` leaves it out, and a describe by
-  id answers ``InvalidInstanceID.NotFound``, as EC2's eventual consistency does.
+  id answers ``InvalidInstanceID.NotFound``, as EC2's eventual consistency does;
+- makes EBS snapshots late, always: moto completes a snapshot at once, EBS does not (see
+  "Snapshots are late" below).
 
 Everything else passes through unchanged (moto's own answers, every other service). The rule
 table is data: a rule names the actions it applies to, the query parameters it reads (a regular
@@ -290,6 +292,67 @@ def _without_instances(body: bytes, hidden: set[str]) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
+# -- Snapshots are late (where moto is lenient) ---------------------------------------------------
+#
+# "Snapshot creation is asynchronous. The snapshot is created immediately, but it remains in the
+# pending state until all of data has been transferred to Amazon S3. This can take several hours"
+# (https://docs.aws.amazon.com/ebs/latest/userguide/ebs-creating-snapshot.html); a snapshot's
+# State is pending | completed | error | recoverable | recovering
+# (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_Snapshot.html). moto answers
+# ``completed`` at once. The front rewrites CreateSnapshot's answer to ``pending`` and keeps a new
+# snapshot ``pending`` (progress below 100%) for its first :attr:`StrictFront.snapshot_describes`
+# DescribeSnapshots answers (a count, not a time, so tests need no sleeping); a test may ask for
+# the next snapshots to end in ``error`` (:meth:`StrictFront.fail_snapshots`), as EBS's do.
+
+#: What a failed snapshot says (EBS gives a StateMessage with the error).
+SNAPSHOT_ERROR_MESSAGE = "Snapshot creation failed: an internal error occurred"
+
+
+def _snapshot_items(root: ET.Element) -> list[ET.Element]:
+    return [
+        n for n in root.iter() if _local(n.tag) == "item" and _child(n, "snapshotId") is not None
+    ]
+
+
+def _child(node: ET.Element, name: str) -> ET.Element | None:
+    for child in node:
+        if _local(child.tag) == name:
+            return child
+    return None
+
+
+def _set_child(node: ET.Element, name: str, text: str) -> None:
+    child = _child(node, name)
+    if child is None:
+        namespace = node.tag[: node.tag.index("}") + 1] if node.tag.startswith("{") else ""
+        child = ET.SubElement(node, namespace + name)
+    child.text = text
+
+
+def _late_snapshots(body: bytes, states: Mapping[str, tuple[str, str]]) -> bytes:
+    """A snapshot answer with the states the front decided (id → (status, progress))."""
+    root = ET.fromstring(body)  # noqa: S314 - moto's answer on loopback
+    items = _snapshot_items(root) or ([root] if _child(root, "snapshotId") is not None else [])
+    for item in items:
+        snapshot_id = (_child(item, "snapshotId").text or "").strip()  # type: ignore[union-attr]
+        if snapshot_id in states:
+            status, progress = states[snapshot_id]
+            _set_child(item, "status", status)
+            _set_child(item, "progress", progress)
+            if status == "error":
+                _set_child(item, "statusMessage", SNAPSHOT_ERROR_MESSAGE)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _created_snapshot_id(body: bytes) -> str | None:
+    try:
+        root = ET.fromstring(body)  # noqa: S314 - moto's answer on loopback
+    except ET.ParseError:
+        return None
+    node = _child(root, "snapshotId")
+    return (node.text or "").strip() if node is not None else None
+
+
 # -- the front ------------------------------------------------------------------------------------
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
@@ -306,6 +369,10 @@ class StrictFront:
         self._lag = 0.0
         self._hidden_until: dict[str, float] = {}
         self._refusals: list[Refusal] = []
+        #: How many DescribeSnapshots answers a new snapshot stays ``pending`` in (≥ 1).
+        self.snapshot_describes = 1
+        self._snapshots: dict[str, list[Any]] = {}  # id → [describes left, final status]
+        self._failing_snapshots = 0
         #: Called with (access key id, region, action, params) before an EC2 request passes; may
         #: answer an error (code, message, HTTP status) instead. The harness's IAM checks use it.
         self.authorizer: Callable[[str, str, str, Mapping[str, str]], tuple[str, str, int] | None]
@@ -364,12 +431,20 @@ class StrictFront:
         """The current lag in seconds."""
         return self._lag
 
+    def fail_snapshots(self, count: int = 1) -> None:
+        """Make the next ``count`` snapshots end in ``error`` (after being pending)."""
+        with self._lock:
+            self._failing_snapshots = int(count)
+
     def reset(self) -> None:
-        """No lag, nothing hidden, no refusals recorded, no authorizer."""
+        """No lag, nothing hidden, no refusals recorded, no authorizer, snapshots late by one."""
         with self._lock:
             self._lag = 0.0
             self._hidden_until.clear()
             self._refusals.clear()
+            self.snapshot_describes = 1
+            self._snapshots.clear()
+            self._failing_snapshots = 0
         self.authorizer = _no_authorizer
 
     @property
@@ -392,6 +467,28 @@ class StrictFront:
             until = time.monotonic() + self._lag
             for instance_id in instance_ids:
                 self._hidden_until[instance_id] = until
+
+    def _snapshot_created(self, snapshot_id: str) -> None:
+        with self._lock:
+            final = "completed"
+            if self._failing_snapshots > 0:
+                self._failing_snapshots -= 1
+                final = "error"
+            self._snapshots[snapshot_id] = [max(1, self.snapshot_describes), final]
+
+    def _snapshot_states(self, described: bool) -> dict[str, tuple[str, str]]:
+        """id → (status, progress) to answer; a describe counts one down for each."""
+        with self._lock:
+            states = {}
+            for snapshot_id, entry in self._snapshots.items():
+                left, final = entry
+                if left > 0:
+                    states[snapshot_id] = ("pending", "0%")
+                    if described:
+                        entry[0] -= 1
+                else:
+                    states[snapshot_id] = (final, "100%" if final == "completed" else "0%")
+            return states
 
     def _hidden(self) -> set[str]:
         now = time.monotonic()
@@ -470,6 +567,13 @@ class _FrontHandler(BaseHTTPRequestHandler):
                 hidden = front._hidden()
                 if hidden:
                     reply = _without_instances(reply, hidden)
+            elif action == "CreateSnapshot":
+                snapshot_id = _created_snapshot_id(reply)
+                if snapshot_id:
+                    front._snapshot_created(snapshot_id)
+                    reply = _late_snapshots(reply, front._snapshot_states(False))
+            elif action == "DescribeSnapshots":
+                reply = _late_snapshots(reply, front._snapshot_states(True))
         self._answer(status, reply, reply_headers)
 
     def _forward(self, body: bytes, headers: dict[str, str]) -> tuple[int, list, bytes]:
