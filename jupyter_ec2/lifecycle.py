@@ -125,6 +125,8 @@ class State:
     ec2_state: str = "pending"
     #: EC2 stopped it for a spot interruption: EC2 itself starts it again.
     spot_interrupted: bool = False
+    #: A resize carries it through stopping → stopped → resizing → booting itself.
+    resizing: bool = False
 
 
 def can_transition(old: Phase, new: Phase) -> bool:
@@ -211,6 +213,8 @@ def on_ec2_state(state: State, new_ec2_state: str, reason: str | None = None) ->
         return Decision(Do.TERMINATED, P.TERMINATED, "Terminated.")
     if phase == P.TERMINATED:
         return NOTHING  # final: an answer from before the termination changes nothing
+    if state.resizing and new_ec2_state in ("stopping", "stopped", "pending", "running"):
+        return NOTHING  # the resize task waits for these and moves the phase itself
     if new_ec2_state == "stopped":
         if phase == P.FAILED:
             return NOTHING  # keep the failure visible; Start retries
