@@ -127,6 +127,8 @@ class State:
     spot_interrupted: bool = False
     #: A resize carries it through stopping → stopped → resizing → booting itself.
     resizing: bool = False
+    #: A spot instance: EC2 restarts it with its request's type, so it cannot be resized.
+    spot: bool = False
 
 
 def can_transition(old: Phase, new: Phase) -> bool:
@@ -146,6 +148,8 @@ def refusal(state: State, action: str) -> str | None:
         return why
     if ec2_states is not None and state.ec2_state not in ec2_states:
         return f"EC2 reports it {state.ec2_state}; {why}"
+    if action == "resize" and (state.spot or state.spot_interrupted):
+        return "a spot instance cannot change its type (EC2 restarts it with its request's type)"
     if action == "start" and state.spot_interrupted:
         return (
             "it was stopped by a spot interruption; EC2 starts it again when capacity "

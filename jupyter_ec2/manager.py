@@ -179,7 +179,9 @@ class LaunchManager(InstanceWatcher):
     def state_of(self, record: InstanceRecord) -> lc.State:
         """What the lifecycle rules need to know of a record."""
         resizing = record.id in self.resizer.active
-        return lc.State(record.phase, record.ec2_state, record.spot_interrupted, resizing)
+        return lc.State(
+            record.phase, record.ec2_state, record.spot_interrupted, resizing, record.spot
+        )
 
     def to_json(self, record: InstanceRecord) -> dict[str, Any]:
         """The API ``Instance`` of a record."""
