@@ -23,6 +23,8 @@ from .handlers import (
     KeepaliveHandler,
     PreflightHandler,
     ProfilesHandler,
+    ResizeHandler,
+    ResizeOptionsHandler,
     SnapshotsHandler,
 )
 from .models import INSTANCE_ID_PATTERN, ProfileSet, load_profiles
@@ -63,6 +65,11 @@ class EC2Launcher(ExtensionApp):
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})", InstanceHandler),
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/log", InstanceLogHandler),
         (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/keepalive", KeepaliveHandler),
+        (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/resize", ResizeHandler),
+        (
+            rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/resize-options",
+            ResizeOptionsHandler,
+        ),
         (
             rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/(start|stop|reconnect)",
             InstanceActionHandler,

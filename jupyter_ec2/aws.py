@@ -15,6 +15,7 @@ a plain message with no account id, ARN, key path or traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import getpass
 import hashlib
@@ -710,6 +711,53 @@ def transition_time(description: Mapping[str, Any]) -> dt.datetime | None:
         return None
     moment = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
     return moment.replace(tzinfo=dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class ResizeFacts:
+    """What a type change of one instance depends on (from its describe entry, pure)."""
+
+    instance_id: str
+    region: str
+    state: str
+    instance_type: str
+    availability_zone: str | None
+    architecture: str | None
+    ena_support: bool | None  # None: EC2 did not say
+    boot_mode: str | None
+    virtualization_type: str | None
+    image_id: str | None
+    spot_request_id: str | None
+    spot: bool
+    root_volume_id: str | None
+    spot_request_type: str | None = None
+    image_ena_support: bool | None = None
+    image_boot_mode: str | None = None
+
+
+def resize_facts_from_description(description: Mapping[str, Any], region: str) -> ResizeFacts:
+    """The :class:`ResizeFacts` of one ``describe_instances`` entry (pure)."""
+    root = description.get("RootDeviceName")
+    volume = None
+    for mapping in description.get("BlockDeviceMappings") or []:
+        if mapping.get("DeviceName") == root or volume is None:
+            volume = (mapping.get("Ebs") or {}).get("VolumeId") or volume
+    ena = description.get("EnaSupport")
+    return ResizeFacts(
+        instance_id=description["InstanceId"],
+        region=region,
+        state=(description.get("State") or {}).get("Name", "unknown"),
+        instance_type=description.get("InstanceType", ""),
+        availability_zone=(description.get("Placement") or {}).get("AvailabilityZone"),
+        architecture=description.get("Architecture"),
+        ena_support=ena if isinstance(ena, bool) else None,
+        boot_mode=description.get("CurrentInstanceBootMode") or description.get("BootMode"),
+        virtualization_type=description.get("VirtualizationType"),
+        image_id=description.get("ImageId"),
+        spot_request_id=description.get("SpotInstanceRequestId"),
+        spot=description.get("InstanceLifecycle") == "spot",
+        root_volume_id=volume,
+    )
 
 
 # -- pure helpers: errors -------------------------------------------------------------------------
@@ -1669,6 +1717,130 @@ class EC2Backend(LoggingConfigurable):
             for page in ec2.get_paginator("describe_snapshots").paginate(**kwargs):
                 found += [snapshot_from_description(s, region) for s in page.get("Snapshots", [])]
         return sorted(found, key=lambda s: (s.created_at or "", s.id))
+
+    # -- resize (issue 15): the facts a type change is checked against, and the change ----------
+
+    def resize_facts(self, instance_id: str, region: str | None = None) -> ResizeFacts:
+        """What a type change depends on, for one managed instance (its raw describe entry)."""
+        self.owned([instance_id], region)  # managed by this owner, else NotFoundError
+        region = validate_region(region or self.region)
+        ec2 = self.client(region)
+        with self._aws("describe the instance", region):
+            answer = ec2.describe_instances(InstanceIds=[instance_id])
+        entries = [i for r in answer.get("Reservations", []) for i in r.get("Instances", [])]
+        if not entries:
+            raise NotFoundError(f"No instance {instance_id}.", code="InvalidInstanceID.NotFound")
+        facts = resize_facts_from_description(entries[0], region)
+        spot_type = None
+        if facts.spot_request_id:
+            with self._aws("describe the spot request", region):
+                requests = ec2.describe_spot_instance_requests(
+                    SpotInstanceRequestIds=[facts.spot_request_id]
+                ).get("SpotInstanceRequests", [])
+            spot_type = requests[0].get("Type") if requests else None
+        image = None
+        if facts.image_id:
+            with self._aws("describe the image", region):
+                try:
+                    images = ec2.describe_images(ImageIds=[facts.image_id]).get("Images", [])
+                except Exception as err:  # a deregistered image: its facts are unknown
+                    code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code", "")
+                    if not str(code).startswith("InvalidAMIID"):
+                        raise
+                    images = []
+            image = images[0] if images else None
+        return dataclasses.replace(
+            facts,
+            spot_request_type=spot_type,
+            image_ena_support=image.get("EnaSupport") if image else None,
+            image_boot_mode=image.get("BootMode") if image else None,
+        )
+
+    def describe_instance_types(
+        self, instance_types: Iterable[str], region: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """DescribeInstanceTypes entries by name; a type EC2 does not know is left out."""
+        region = validate_region(region or self.region)
+        wanted = sorted(set(instance_types))
+        ec2 = self.client(region)
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), 100):  # at most 100 names per request
+            batch = wanted[start : start + 100]
+            with self._aws("describe the instance types", region):
+                try:
+                    types = ec2.describe_instance_types(InstanceTypes=batch).get(
+                        "InstanceTypes", []
+                    )
+                except Exception as err:
+                    code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code")
+                    if code not in ("InvalidInstanceType", "InvalidParameterValue"):
+                        raise
+                    types = []
+                    for name in batch:  # one unknown name fails the batch: ask one by one
+                        with contextlib.suppress(Exception):
+                            types += ec2.describe_instance_types(InstanceTypes=[name]).get(
+                                "InstanceTypes", []
+                            )
+            for info in types:
+                found[info["InstanceType"]] = info
+        return found
+
+    def offered_in_zone(
+        self, instance_types: Iterable[str], zone: str, region: str | None = None
+    ) -> set[str]:
+        """Which of the types the availability zone offers (an instance never leaves its AZ)."""
+        region = validate_region(region or self.region)
+        wanted = sorted(set(instance_types))
+        if not wanted:
+            return set()
+        ec2 = self.client(region)
+        found: set[str] = set()
+        with self._aws("check the instance type offerings", region):
+            pages = ec2.get_paginator("describe_instance_type_offerings").paginate(
+                LocationType="availability-zone",
+                Filters=[
+                    {"Name": "location", "Values": [zone]},
+                    {"Name": "instance-type", "Values": wanted},
+                ],
+            )
+            for page in pages:
+                found.update(o.get("InstanceType", "") for o in page["InstanceTypeOfferings"])
+        return found & set(wanted)
+
+    def running_types(self, region: str | None = None) -> dict[str, str]:
+        """Every pending or running instance of the account in the region → its type.
+
+        The vCPU quotas count every running instance of the account, managed or not.
+        """
+        region = validate_region(region or self.region)
+        ec2 = self.client(region)
+        result: dict[str, str] = {}
+        with self._aws("list running instances", region):
+            pages = ec2.get_paginator("describe_instances").paginate(
+                Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+            )
+            for page in pages:
+                for reservation in page.get("Reservations", []):
+                    for desc in reservation.get("Instances", []):
+                        result[desc["InstanceId"]] = desc.get("InstanceType", "")
+        return result
+
+    def modify_instance_type(
+        self, instance_id: str, instance_type: str, region: str | None = None
+    ) -> None:
+        """Change a stopped managed instance's type (EC2 refuses it unless stopped)."""
+        (inst,) = self.owned([instance_id], region)
+        if inst.state != "stopped":
+            raise ConflictError(
+                f"Instance {instance_id} is {inst.state}; its type can change only while it "
+                "is stopped.",
+                code="IncorrectInstanceState",
+            )
+        ec2 = self.client(region)
+        with self._aws("change the instance type", region):
+            ec2.modify_instance_attribute(
+                InstanceId=instance_id, InstanceType={"Value": instance_type}
+            )
 
 
 def _state_changes(items: Iterable[Mapping[str, Any]]) -> list[StateChange]:

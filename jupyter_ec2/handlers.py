@@ -18,6 +18,7 @@ from tornado import web
 
 from .errors import EC2LauncherError, ValidationError
 from .models import MAX_REQUEST_BYTES, LaunchRequest, validate_keepalive
+from .resize import validate_resize
 
 #: The resource name jupyter_server authorizers see for every jupyter-ec2 route.
 AUTH_RESOURCE = "jupyter_ec2"
@@ -177,6 +178,31 @@ class KeepaliveHandler(EC2APIHandler):
         minutes = validate_keepalive(self.json_body())
         manager = await self.manager()
         self.write_json(await manager.keepalive(instance_id, minutes))
+
+
+class ResizeOptionsHandler(EC2APIHandler):
+    """``GET instances/{id}/resize-options``: the types the instance may become, and why not."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def get(self, instance_id: str) -> None:
+        """The compatible types with their $/h, and the excluded ones with the reason."""
+        manager = await self.manager()
+        self.write_json(await manager.resize_options(instance_id))
+
+
+class ResizeHandler(EC2APIHandler):
+    """``POST instances/{id}/resize`` ``{"instance_type": t}``: change the type, same disk."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def post(self, instance_id: str) -> None:
+        """Check, then stop, change the type, start and re-attach; answers 202."""
+        instance_type = validate_resize(self.json_body())
+        manager = await self.manager()
+        self.write_json(await manager.resize(instance_id, instance_type), status=202)
 
 
 class InstanceActionHandler(EC2APIHandler):

@@ -125,6 +125,10 @@ class State:
     ec2_state: str = "pending"
     #: EC2 stopped it for a spot interruption: EC2 itself starts it again.
     spot_interrupted: bool = False
+    #: A resize carries it through stopping → stopped → resizing → booting itself.
+    resizing: bool = False
+    #: A spot instance: EC2 restarts it with its request's type, so it cannot be resized.
+    spot: bool = False
 
 
 def can_transition(old: Phase, new: Phase) -> bool:
@@ -144,6 +148,8 @@ def refusal(state: State, action: str) -> str | None:
         return why
     if ec2_states is not None and state.ec2_state not in ec2_states:
         return f"EC2 reports it {state.ec2_state}; {why}"
+    if action == "resize" and (state.spot or state.spot_interrupted):
+        return "a spot instance cannot change its type (EC2 restarts it with its request's type)"
     if action == "start" and state.spot_interrupted:
         return (
             "it was stopped by a spot interruption; EC2 starts it again when capacity "
@@ -211,6 +217,8 @@ def on_ec2_state(state: State, new_ec2_state: str, reason: str | None = None) ->
         return Decision(Do.TERMINATED, P.TERMINATED, "Terminated.")
     if phase == P.TERMINATED:
         return NOTHING  # final: an answer from before the termination changes nothing
+    if state.resizing and new_ec2_state in ("stopping", "stopped", "pending", "running"):
+        return NOTHING  # the resize task waits for these and moves the phase itself
     if new_ec2_state == "stopped":
         if phase == P.FAILED:
             return NOTHING  # keep the failure visible; Start retries

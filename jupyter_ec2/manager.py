@@ -36,6 +36,7 @@ from .origin import remote_url as origin_url
 from .preflight import Preflight, point_to_check
 from .provision.params import remote_base_url
 from .reconcile import CLOSED, InstanceRecord, InstanceWatcher, StepError, _now
+from .resize import SUGGESTED_TYPES, Resizer, start_resize
 
 
 class LaunchManager(InstanceWatcher):
@@ -43,7 +44,7 @@ class LaunchManager(InstanceWatcher):
 
     #: The actions this manager carries out; a later issue adds its action here with its handler.
     implemented_actions = frozenset(
-        {"open", "start", "stop", "reconnect", "terminate", "keepalive"}
+        {"open", "start", "stop", "reconnect", "terminate", "keepalive", "resize"}
     )
 
     backend = Instance("jupyter_ec2.aws.EC2Backend", help="The EC2 layer.")
@@ -87,6 +88,7 @@ class LaunchManager(InstanceWatcher):
         self.subscribe(self._feed_costs)
         self.forgotten = ForgottenInstances(self)  # stopped too long: snapshot, then terminate
         self.subscribe(self.forgotten.on_event)
+        self.resizer = Resizer(self.backend, self.prices)
         self.preflight_checks = Preflight(
             self.backend,
             lambda: list(self.profiles.profiles.values()),
@@ -187,7 +189,10 @@ class LaunchManager(InstanceWatcher):
 
     def state_of(self, record: InstanceRecord) -> lc.State:
         """What the lifecycle rules need to know of a record."""
-        return lc.State(record.phase, record.ec2_state, record.spot_interrupted)
+        resizing = record.id in self.resizer.active
+        return lc.State(
+            record.phase, record.ec2_state, record.spot_interrupted, resizing, record.spot
+        )
 
     def to_json(self, record: InstanceRecord) -> dict[str, Any]:
         """The API ``Instance`` of a record."""
@@ -440,6 +445,20 @@ class LaunchManager(InstanceWatcher):
             except EC2LauncherError as err:
                 self.log.debug("jupyter-ec2: idle status of %s unknown: %s", record.id, err)
         return self.to_json(record)
+
+    async def resize(self, instance_id: str, instance_type: str) -> dict[str, Any]:
+        """Change the type on the same disk (checked first; see :mod:`jupyter_ec2.resize`)."""
+        record = self.get(instance_id)
+        lc.check_action(record.id, self.state_of(record), "resize")
+        async with self._action(record):
+            await start_resize(self, record, instance_type)
+        return self.to_json(record)
+
+    async def resize_options(self, instance_id: str) -> dict[str, Any]:
+        """The types this instance may become, with $/h, and why the others may not."""
+        record = self.get(instance_id)
+        candidates = {*SUGGESTED_TYPES, *(p.instance_type for p in self.profiles.profiles.values())}
+        return await self._thread(self.resizer.options, record.id, record.region, candidates)
 
     async def _shut_down(
         self, instance_id: str, action: str, phase: Phase, call: Callable[..., Any]

@@ -80,6 +80,7 @@ def run_lifecycle(backend: EC2Backend) -> list[str]:
     launched = step("launch", backend.launch, _profile())
     step("list", backend.list_instances)
     step("stop", backend.stop, [launched.instance_id])
+    step("resize", backend.modify_instance_type, launched.instance_id, "t3.large")
     step("start", backend.start, [launched.instance_id])
     step("terminate", backend.terminate, [launched.instance_id])
     spot = step("launch spot", backend.launch, _profile(spot=True))
@@ -153,6 +154,7 @@ WITHOUT = {
     "SnapshotManagedVolume": None,
     "CreateManagedSnapshot": None,
     "ListSnapshots": None,
+    "Resize": ("resize", "ec2:ModifyInstanceAttribute"),
 }
 
 
@@ -221,7 +223,7 @@ def test_mutating_statements_are_scoped_by_the_managed_tag():
         actions = (
             statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         )
-        if any(re.match(r"ec2:(Stop|Start|Terminate|Authorize|Revoke)", a) for a in actions):
+        if any(re.match(r"ec2:(Stop|Start|Terminate|Authorize|Revoke|Modify)", a) for a in actions):
             # Then each holds only if the resource carries the managed tag
             condition = statement["Condition"]["StringEquals"]
             assert condition == {"aws:ResourceTag/jupyter-ec2:managed": "true"}, statement["Sid"]

@@ -319,7 +319,7 @@ async def test_a_launch_walks_every_phase_and_publishes_actions(
     ]
     assert manager.refused_transitions == 0
     # And the ready instance says what is allowed, that nothing is pending, and where to open it
-    assert ready["actions"] == ["open", "reconnect", "stop", "keepalive", "terminate"]
+    assert ready["actions"] == ["open", "reconnect", "stop", "resize", "keepalive", "terminate"]
     assert ready["pending"] is False
     # On a loopback server the notebook is on the instance's own origin (remote_origin "auto").
     assert ready["url"].startswith(f"http://{inst['id']}.localhost:")
@@ -537,7 +537,7 @@ async def test_stop_then_start_comes_back_and_refuses_a_second_start(jp_fetch):
     code, body = await api(jp_fetch, "instances", inst["id"], "stop", method="POST", body={})
     assert code == 202 and body["phase"] == "stopping" and body["actions"] == ["terminate"]
     stopped = await wait_for(jp_fetch, inst["id"], {"stopped"})
-    assert stopped["actions"] == ["start", "terminate"]
+    assert stopped["actions"] == ["start", "resize", "terminate"]
     # When it is started / Then it is booting and a second start is refused with 409
     code, body = await api(jp_fetch, "instances", inst["id"], "start", method="POST", body={})
     assert code == 202 and body["phase"] == "booting"

@@ -76,6 +76,7 @@ STEP_LABELS = {
     "cloud-init": "Waiting for cloud-init to finish",
     "host-key": "Replacing the handed-over host key",
     "user": "Setting up the notebook user",
+    "gpu": "Checking the GPU driver",
     "environment": "Preparing the Python environment",
     "notebooks": "Creating ~/notebooks",
     "tls": "Setting up TLS",
@@ -96,6 +97,7 @@ SCRIPT_STEPS = (
     "cloud-init",
     "host-key",
     "user",
+    "gpu",
     "environment",
     "notebooks",
     "tls",
@@ -423,6 +425,12 @@ class Provisioner(LoggingConfigurable):
         "first boot) when apt is the only way left; the lock holder is named on giving up.",
     ).tag(config=True)
 
+    sysfs_root = Unicode(
+        "/sys",
+        help="Where the host's sysfs is, in which the gpu step looks for NVIDIA devices (PCI "
+        "vendor 0x10de) and their driver: '/sys' on a real instance; a directory for tests.",
+    ).tag(config=True)
+
     apt_root = Unicode(
         "/",
         help="Where apt keeps its state on the host (apt's Dir): '/' on a real instance; a "
@@ -534,6 +542,10 @@ class Provisioner(LoggingConfigurable):
     def _check_wait(self, proposal: Any) -> float:
         return float(validate_seconds(proposal["value"], proposal["trait"].name, minimum=1))
 
+    @validate("sysfs_root")
+    def _check_sysfs_root(self, proposal: Any) -> str:
+        return validate_abs_path(proposal["value"], "sysfs_root")
+
     @validate("apt_root")
     def _check_apt_root(self, proposal: Any) -> str:
         value = proposal["value"]
@@ -588,6 +600,7 @@ class Provisioner(LoggingConfigurable):
             index_url=self.package_index_url,
             cloud_init_timeout=self.cloud_init_timeout,
             apt_root=self.apt_root,
+            sysfs_root=self.sysfs_root,
             apt_timeout=self.apt_timeout,
             rotate_host_key=self._should_rotate(instance_id),
             sshd_host_key_file=self.sshd_host_key_file,

@@ -449,6 +449,7 @@ def build_params(
     cloud_init_timeout: float = 900,
     apt_root: str = "/",
     apt_timeout: float = 600,
+    sysfs_root: str = "/sys",
     rotate_host_key: bool = False,
     sshd_host_key_file: str = "/etc/ssh/ssh_host_ed25519_key",
     sshd_pid_file: str = "/run/sshd.pid",
@@ -518,6 +519,7 @@ def build_params(
                 sshd_pid_file.replace("{instance_id}", instance_id), "sshd_pid_file"
             ),
         },
+        "gpu": {"sysfs_root": validate_abs_path(sysfs_root, "sysfs_root")},
         "apt": {
             "root": "/" if apt_root == "/" else validate_abs_path(apt_root, "apt_root"),
             "timeout": validate_seconds(apt_timeout, "apt_timeout", minimum=1),

@@ -9,6 +9,7 @@
 #   setup.sh --print-params PARAMS.json     print the parameters as this script holds them (JSON)
 #   setup.sh --supervise STATE_DIR PYTHON   (internal) keep the server running, as the notebook user
 #   setup.sh --verify-sha256 FILE SUMS      (internal) FILE's SHA-256 is the one SUMS publishes
+#   setup.sh --gpu-check SYSFS_ROOT         (internal) none | loaded ADDR… | missing ADDR… (NVIDIA)
 #
 # The parameter file holds the remote token: the script keeps a private copy for its run and
 # deletes the uploaded file at once, and the copy goes on every exit path (error, signal, a
@@ -593,6 +594,76 @@ step_user() {
   step_done
 }
 
+# -- GPU: an NVIDIA device needs its driver (a resize to a GPU type, or a GPU profile) --------
+# Going back to a CPU type needs nothing: with no NVIDIA device the step only says so.
+
+# nvidia_devices SYSFS — one line per NVIDIA display or 3D controller (PCI vendor 0x10de, class
+# 0x03xx) under SYSFS/bus/pci/devices: "ADDRESS DRIVER", DRIVER "-" when none is bound.
+nvidia_devices() {
+  local sysfs=${1%/} dev vendor class driver
+  for dev in "$sysfs"/bus/pci/devices/*; do
+    [[ -r $dev/vendor && -r $dev/class ]] || continue
+    vendor=$(<"$dev/vendor")
+    class=$(<"$dev/class")
+    [[ ${vendor,,} == 0x10de && ${class,,} == 0x03* ]] || continue
+    driver=-
+    if [[ -L $dev/driver ]]; then driver=$(basename -- "$(readlink -- "$dev/driver")"); fi
+    echo "${dev##*/} $driver"
+  done
+}
+
+# gpu_check SYSFS — "none" (no NVIDIA GPU), "loaded ADDRESS…" (the nvidia driver serves every
+# one), or "missing ADDRESS…" (the devices no nvidia driver serves).
+gpu_check() {
+  local lines addr driver missing=() loaded=()
+  lines=$(nvidia_devices "$1")
+  if [[ -z $lines ]]; then
+    echo none
+    return
+  fi
+  while read -r addr driver; do
+    if [[ $driver == nvidia ]]; then loaded+=("$addr"); else missing+=("$addr"); fi
+  done <<<"$lines"
+  if ((${#missing[@]})); then echo "missing ${missing[*]}"; else echo "loaded ${loaded[*]}"; fi
+}
+
+# nvidia_package — the newest NVIDIA server driver the host's apt offers, or nothing.
+nvidia_package() {
+  { apt-cache "${APT_DIR_ARGS[@]}" pkgnames nvidia-headless- 2>/dev/null || true; } |
+    { grep -E '^nvidia-headless-[0-9]+-server$' || true; } | sort -t- -k3,3n | tail -n 1
+}
+
+GPU_IMAGE_HELP="launch from an image that has the NVIDIA driver, such as an AWS Deep Learning AMI (Deep Learning Base OSS Nvidia Driver GPU AMI, Ubuntu), as the profile's ami, or resize back to a CPU type"
+
+step_gpu() {
+  step gpu 15
+  local verdict pkg=""
+  verdict=$(gpu_check "${P[gpu.sysfs_root]}")
+  case $verdict in
+    none) echo "no NVIDIA GPU on this instance" ;;
+    loaded*) echo "NVIDIA GPU with its driver loaded: ${verdict#loaded }" ;;
+    *)
+      echo "NVIDIA GPU without its driver: ${verdict#missing }"
+      [[ -z $USER_MODE ]] ||
+        die "this instance has an NVIDIA GPU but no NVIDIA driver, and without root none can be installed: $GPU_IMAGE_HELP"
+      if command -v apt-get >/dev/null; then
+        [[ $APT_ROOT == / ]] || APT_DIR_ARGS=(-o "Dir=$APT_ROOT")
+        apt_wait $((SECONDS + APT_TIMEOUT))
+        DEBIAN_FRONTEND=noninteractive apt-get "${APT_DIR_ARGS[@]}" -qq update || true
+        pkg=$(nvidia_package)
+      fi
+      [[ -n $pkg ]] ||
+        die "this instance has an NVIDIA GPU (${verdict#missing }) but no NVIDIA driver, and its image's apt offers none: $GPU_IMAGE_HELP"
+      echo "installing the NVIDIA driver $pkg from the image's apt"
+      apt_install "$pkg" "nvidia-utils-${pkg#nvidia-headless-}"
+      modprobe nvidia 2>/dev/null ||
+        die "the NVIDIA driver $pkg is installed but its module does not load yet: Stop and Start the instance, or $GPU_IMAGE_HELP"
+      changed
+      ;;
+  esac
+  step_done
+}
+
 # apt, only where nothing else works: wait (bounded) for apt's daily jobs and for the dpkg and
 # apt locks, pass DPkg::Lock::Timeout, retry `apt-get update`, and name the lock holder when
 # giving up. APT_ROOT relocates apt (its Dir) for chroots and tests; "/" is the host's own.
@@ -1073,6 +1144,7 @@ provision() {
   step_host_key
   exec </dev/null  # nothing after this reads the session's input
   step_user
+  step_gpu
   step_environment
   step_notebooks
   step_tls
@@ -1124,6 +1196,10 @@ case ${1:-} in
   --verify-sha256)
     [[ $# == 3 ]] || die "usage: setup.sh --verify-sha256 FILE SUMS"
     python3 -c "$SHA256_PY" "$2" "$3"
+    ;;
+  --gpu-check)
+    [[ $# == 2 ]] || die "usage: setup.sh --gpu-check SYSFS_ROOT"
+    gpu_check "$2"
     ;;
   -* | "")
     die "usage: setup.sh PARAMS.json"

@@ -236,7 +236,8 @@ def needs_of(
                 )
     elif action in ("StartInstances", "StopInstances", "TerminateInstances"):
         needs += [existing("instance", i) for i in _indexed(params, "InstanceId")]
-    elif action == "DescribeInstanceAttribute":
+    elif action in ("DescribeInstanceAttribute", "ModifyInstanceAttribute"):
+        # ModifyInstanceAttribute (resize) is authorized on the instance, like its describe.
         needs.append(existing("instance", params.get("InstanceId", "")))
     elif action == "CreateSecurityGroup":
         needs += [

@@ -223,6 +223,53 @@ def check_request(action: str, params: Mapping[str, str]) -> Refusal | None:
     return None
 
 
+# -- stateful rules (issue 15, resize) -----------------------------------------------------------
+# moto changes the type of a running instance; EC2 refuses it. These rules need the instance's
+# state, which the front reads from moto's in-process backend (the harness's view, never lagged).
+
+#: ModifyInstanceAttribute InstanceType: "To change the instance type, the instance must be
+#: stopped" — EC2 answers IncorrectInstanceState otherwise.
+RESIZE_STATE_SOURCE = (
+    "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-instance-resize.html; "
+    f"{_DOC}/API_ModifyInstanceAttribute.html"
+)
+
+
+def _moto_instance_state(region: str, instance_id: str) -> str | None:
+    """The state moto holds for an instance, or None when it has none."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    try:
+        return ec2_backends[DEFAULT_ACCOUNT_ID][region].get_instance(instance_id).state
+    except Exception:  # noqa: BLE001 - unknown id or region: moto answers it itself
+        return None
+
+
+def check_stateful(
+    action: str, params: Mapping[str, str], region: str, state_of: Callable[[str, str], Any]
+) -> Refusal | None:
+    """A request that breaks a rule depending on the instance's state, or None."""
+    if action != "ModifyInstanceAttribute":
+        return None
+    changes_type = "InstanceType.Value" in params or (
+        params.get("Attribute") == "instanceType" and "Value" in params
+    )
+    instance_id = params.get("InstanceId", "")
+    if not changes_type or not instance_id:
+        return None
+    state = state_of(region, instance_id)
+    if state is None or state == "stopped":
+        return None
+    return Refusal(
+        action,
+        "instance type change needs a stopped instance",
+        "IncorrectInstanceState",
+        f"The instance '{instance_id}' is not in the 'stopped' state.",
+        "InstanceType.Value",
+    )
+
+
 def ec2_error_xml(code: str, message: str) -> bytes:
     """An error answer in EC2's XML format (what botocore's EC2 parser reads)."""
     return (
@@ -377,6 +424,8 @@ class StrictFront:
         #: answer an error (code, message, HTTP status) instead. The harness's IAM checks use it.
         self.authorizer: Callable[[str, str, str, Mapping[str, str]], tuple[str, str, int] | None]
         self.authorizer = _no_authorizer
+        #: (region, instance id) → the instance's state, for the stateful rules (resize).
+        self.instance_state: Callable[[str, str], str | None] = _moto_instance_state
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -534,6 +583,10 @@ class _FrontHandler(BaseHTTPRequestHandler):
             action = params.get("Action", "")
         if action:
             refusal = check_request(action, params)
+            if refusal is None:  # the stateful rules (resize), after the stateless ones
+                refusal = check_stateful(
+                    action, params, _credential_of(headers)[1], front.instance_state
+                )
             if refusal is not None:
                 front._record(refusal)
                 self._answer(400, ec2_error_xml(refusal.code, refusal.message))

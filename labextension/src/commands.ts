@@ -27,6 +27,7 @@ import { InstanceNotifier } from './notifications';
 import { createPanel, EC2Panel, PANEL_TITLE } from './panel';
 import { PreflightModel } from './preflight';
 import { APIError } from './request';
+import { resizeWithDialog } from './resize';
 import {
   CommandIDs,
   IInstance,
@@ -134,6 +135,7 @@ const PICK_LABELS: Readonly<Record<InstanceAction, string>> = {
   stop: 'Stop an EC2 Instance…',
   start: 'Start an EC2 Instance…',
   reconnect: 'Reconnect to an EC2 Instance…',
+  resize: 'Resize an EC2 Instance…',
   terminate: 'Terminate an EC2 Instance…',
   log: 'Show the Log of an EC2 Instance…'
 };
@@ -144,6 +146,7 @@ const PAST_PARTICIPLES: Readonly<Record<InstanceAction, string>> = {
   stop: 'stopped',
   start: 'started',
   reconnect: 'reconnected',
+  resize: 'resized',
   terminate: 'terminated',
   log: 'shown'
 };
@@ -169,6 +172,11 @@ const INSTANCE_COMMANDS: ReadonlyArray<[string, InstanceAction, string]> = [
     CommandIDs.reconnectInstance,
     'reconnect',
     'Re-establish the port forward to the instance'
+  ],
+  [
+    CommandIDs.resizeInstance,
+    'resize',
+    'Change the instance type (CPU ⇄ GPU) on the same disk, with the new $/h'
   ],
   [
     CommandIDs.terminateInstance,
@@ -393,6 +401,13 @@ export function addCommands(
     reconnect: async instance => {
       const reconnecting = await model.act(instance.id, 'reconnect');
       notifier.watch(reconnecting.id, reconnecting.name);
+    },
+    resize: async instance => {
+      const resizing = await resizeWithDialog(instance, model.serverSettings);
+      if (resizing !== null) {
+        await model.refresh();
+        notifier.watch(resizing.id, resizing.name);
+      }
     },
     terminate: async instance => {
       if (!(await confirmTerminate(instance))) {

@@ -101,6 +101,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         CommandIDs.stopInstance,
         CommandIDs.reconnectInstance,
         CommandIDs.terminateInstance,
+        CommandIDs.resizeInstance,
         CommandIDs.toggleLog
       ].forEach(command =>
         palette.addItem({

@@ -44,6 +44,7 @@ export const ACTION_COMMANDS: Readonly<Record<InstanceAction, string>> = {
   stop: CommandIDs.stopInstance,
   start: CommandIDs.startInstance,
   reconnect: CommandIDs.reconnectInstance,
+  resize: CommandIDs.resizeInstance,
   terminate: CommandIDs.terminateInstance,
   log: CommandIDs.toggleLog
 };

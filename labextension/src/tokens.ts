@@ -60,11 +60,13 @@ export namespace CommandIDs {
   export const terminateInstance = 'jupyter-ec2:terminate-instance';
   /** Show or hide the live log of an instance in the panel (arg `id`, else ask). */
   export const toggleLog = 'jupyter-ec2:toggle-log';
+  /** Change an instance's type on the same disk, in a dialog (arg `id`, else ask). */
+  export const resizeInstance = 'jupyter-ec2:resize-instance';
 }
 
 /** What a user can do to an instance; also the buttons' `data-action`. */
 export type InstanceAction =
-  'open' | 'stop' | 'start' | 'reconnect' | 'terminate' | 'log';
+  'open' | 'stop' | 'start' | 'reconnect' | 'resize' | 'terminate' | 'log';
 
 /**
  * The actions the server may publish in `Instance.actions` (DESIGN.md §4). The panel shows a
@@ -219,4 +221,28 @@ export interface IErrorReply {
   message: string;
   field?: string;
   code?: string;
+}
+
+/** One type of `GET instances/{id}/resize-options` (facts may be missing for unknown ones). */
+export interface IResizeOption {
+  instance_type: string;
+  vcpus?: number | null;
+  memory_gib?: number | null;
+  architecture?: string;
+  gpus?: string[];
+  hourly_usd: number | null;
+  compatible: boolean;
+  /** Why not, for programs: `architecture`, `ena_nvme`, `not_offered`, `spot`, … */
+  reason: string | null;
+  /** Why not, for people. */
+  message: string | null;
+}
+
+/** The answer of `GET instances/{id}/resize-options`. */
+export interface IResizeOptions {
+  instance_id: string;
+  current: { instance_type: string; hourly_usd: number | null };
+  availability_zone: string | null;
+  architecture: string | null;
+  types: IResizeOption[];
 }

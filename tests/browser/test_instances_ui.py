@@ -247,8 +247,8 @@ def test_launch_from_a_tile_open_the_remote_notebook_then_stop_start_and_termina
         expect(card.locator('[data-testid="ec2-forward"]')).to_have_attribute("data-state", "up")
         expect(card.locator('[data-testid="ec2-progress"]')).to_have_count(0)
         expect(card.locator("[data-action]")).to_have_count(
-            5
-        )  # open, reconnect, stop, terminate, log
+            6
+        )  # open, reconnect, stop, resize, terminate, log
         ready_toast = toast(page, "CPU small is ready")
         expect(ready_toast).to_be_visible()
         expect(ready_toast.get_by_role("button", name="Open")).to_be_visible()
