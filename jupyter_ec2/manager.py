@@ -28,6 +28,7 @@ from traitlets import Enum, Float, Instance, Integer
 from . import costs as cost_rules
 from . import lifecycle as lc
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
+from .images import SavedImages
 from .models import LaunchRequest, Phase, Profile, ProfileSet, validate_instance_id
 from .origin import remote_url as origin_url
 from .preflight import Preflight, point_to_check
@@ -40,7 +41,7 @@ class LaunchManager(InstanceWatcher):
 
     #: The actions this manager carries out; a later issue adds its action here with its handler.
     implemented_actions = frozenset(
-        {"open", "start", "stop", "reconnect", "terminate", "keepalive"}
+        {"open", "start", "stop", "reconnect", "terminate", "keepalive", "image"}
     )
 
     backend = Instance("jupyter_ec2.aws.EC2Backend", help="The EC2 layer.")
@@ -81,6 +82,7 @@ class LaunchManager(InstanceWatcher):
         self._budget_warned: float | None = None  # the month start of the last warning
         self._keep_until: dict[str, float] = {}  # instance id -> keepalive asked until (local)
         self.subscribe(self._feed_costs)
+        self.images = SavedImages(self)  # POST instances/{id}/image, GET/DELETE images
         self.preflight_checks = Preflight(
             self.backend,
             lambda: list(self.profiles.profiles.values()),
@@ -339,6 +341,7 @@ class LaunchManager(InstanceWatcher):
             spot=profile.spot,
         )
         self.records[record.id] = record
+        await self.images.note_launch(record, profile.ami, result.image_id)
         # The disk is billed from now: its size is the request's, overrides included.
         self.costs.entry(
             record.id, record.region, record.instance_type, volume_gb=profile.volume_gb,
@@ -490,6 +493,7 @@ class LaunchManager(InstanceWatcher):
                     remote_port=record.remote_port,
                     facts=self._connect_facts(record),
                     fast=not fresh,
+                    image_source=record.image_source,
                 )
             )
             record.remote_port, record.token = result.port, result.token

@@ -45,6 +45,27 @@ def ebs_filters(region: str, volume_api_name: str = "gp3") -> list[dict[str, str
     return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in fields.items()]
 
 
+def snapshot_filters(region: str) -> list[dict[str, str]]:
+    """Price List filters for EBS snapshot storage in a region (standard and archive tiers)."""
+    fields = {"productFamily": "Storage Snapshot", "regionCode": region}
+    return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in fields.items()]
+
+
+def snapshot_gb_month_from_price_list(documents: Iterable[str | dict[str, Any]]) -> float | None:
+    """The standard-tier EBS snapshot USD price per GB-month in Price List documents, or None.
+
+    Only products whose ``usagetype`` ends in ``EBS:SnapshotUsage`` count: the archive tier
+    (``EBS:SnapshotArchiveStorage``) is cheaper, and a new snapshot is never archived.
+    """
+    standard = []
+    for document in documents:
+        product = json.loads(document) if isinstance(document, str) else document
+        usage = ((product.get("product") or {}).get("attributes") or {}).get("usagetype", "")
+        if str(usage).endswith("EBS:SnapshotUsage"):
+            standard.append(product)
+    return gb_month_usd_from_price_list(standard)
+
+
 def hourly_usd_from_price_list(documents: Iterable[str | dict[str, Any]]) -> float | None:
     """The on-demand USD price per hour in Price List product documents, or None.
 
@@ -172,6 +193,17 @@ class PriceCatalog:
             self._cache[key] = price
             self._failed.pop(key, None)
         return price
+
+    def snapshot_gb_month_usd(self, region: str) -> float | None:
+        """The EBS snapshot price per GB-month in USD in a region, or None (call from a thread)."""
+        return self._cached((region, "ebs:snapshot", False), lambda r, _k: self._snapshots(r))
+
+    def _snapshots(self, region: str) -> float | None:
+        client = self._client("pricing", PRICING_REGION)
+        answer = client.get_products(
+            ServiceCode="AmazonEC2", Filters=snapshot_filters(region), MaxResults=50
+        )
+        return snapshot_gb_month_from_price_list(answer.get("PriceList") or [])
 
     def _storage(self, region: str, volume_type: str) -> float | None:
         client = self._client("pricing", PRICING_REGION)

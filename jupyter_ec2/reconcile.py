@@ -56,6 +56,7 @@ class InstanceRecord(InstanceData):
     started_at: float = field(default_factory=time.monotonic)  # last launch or start
     absent_since: float | None = None  # first describe answer that left it out
     entered_at: float = field(default_factory=time.monotonic)  # when the phase began
+    image_source: str | None = None  # launched from a saved image of this instance
 
 
 class InstanceWatcher(LoggingConfigurable):

@@ -538,6 +538,7 @@ class Provisioner(LoggingConfigurable):
         idle_stop_minutes: float | None = None,
         remote_port: int | None = None,
         fast: bool = False,
+        image_source: str | None = None,
     ) -> dict[str, Any]:
         """The validated parameter file for ``setup.sh`` (raises ValidationError, runs nothing)."""
         if not isinstance(target, SSHTarget):
@@ -571,6 +572,7 @@ class Provisioner(LoggingConfigurable):
             rotate_host_key=self._should_rotate(instance_id),
             sshd_host_key_file=self.sshd_host_key_file,
             sshd_pid_file=self.sshd_pid_file,
+            image_source=image_source,
         )
 
     def _should_rotate(self, instance_id: str) -> bool:
@@ -612,6 +614,7 @@ class Provisioner(LoggingConfigurable):
         remote_port: int | None = None,
         facts: ConnectFacts | Callable[[], ConnectFacts | None] | None = None,
         fast: bool = False,
+        image_source: str | None = None,
     ) -> ProvisionResult:
         """Provision ``instance_id`` at ``target``; safe to repeat (unchanged steps say so).
 
@@ -619,7 +622,9 @@ class Provisioner(LoggingConfigurable):
         None, which rewrites the config); ``environment`` and ``idle_stop_minutes`` override
         the configured ones (a launch profile's values), ``remote_port`` the configured port
         (None: the trait; 0: a free port, the same one as last time when it is still free).
-        ``on_progress(step, percent, text)`` receives every step and output line.
+        ``image_source`` is the instance a saved image of this disk was taken of: its
+        environment is reused and its services retired. ``on_progress(step, percent, text)``
+        receives every step and output line.
 
         Raises ValidationError before connecting, HostKeyMismatchError / SSHConnectError when
         no trusted session comes up, and ProvisionError naming the failed step.
@@ -634,6 +639,7 @@ class Provisioner(LoggingConfigurable):
             idle_stop_minutes=idle_stop_minutes,
             remote_port=remote_port,
             fast=fast,
+            image_source=image_source,
         )
         payload = _params.params_json(parameters)
         script, watchdog = _resource("setup.sh"), _resource("watchdog.py")
