@@ -145,3 +145,75 @@ def uninstall() -> None:
     AmiBackend.create_image = _saved.pop("create")  # type: ignore[method-assign]
     AmisResponse.create_image = _saved.pop("response")  # type: ignore[method-assign]
     Ami.block_device_mappings = _saved.pop("mappings")  # type: ignore[method-assign]
+
+
+class DiskImages:
+    """Saved disks of container-kind instance hosts: what an EBS snapshot of the root holds.
+
+    On CreateImage of an instance whose host has a disk (``host_of(instance_id)`` gives one with
+    ``disk``, ``is_running``, ``stop()`` and ``start()``), the disk is copied into ``directory``
+    under the image id, and the image reads ``pending`` until the copy is complete. With EC2's
+    reboot the host is shut down first (the copy is then consistent) and booted again after;
+    without, the disk is copied while in use, as EBS snapshots a live volume. A host launched
+    from a saved image starts from a copy of it (:meth:`restore`).
+    """
+
+    def __init__(self, directory: Any, host_of: Callable[[str], Any]):
+        from pathlib import Path
+
+        self.directory = Path(directory)
+        self._host_of = host_of
+        self._threads: list[threading.Thread] = []
+        self._remove = on_create_image(self._on_create_image)
+
+    def _on_create_image(self, region: str, ami: Any, instance: Any, reboot: bool) -> None:
+        host = self._host_of(instance.id)
+        if host is None or not host.disk.exists():
+            return
+        set_image_state(ami, "pending")
+        rebooted = reboot and host.is_running
+        if rebooted:
+            host.stop()  # EC2 shuts the instance down before it snapshots the volume
+        thread = threading.Thread(
+            target=self._copy, args=(ami, host, rebooted), name=f"image-{ami.id}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _copy(self, ami: Any, host: Any, rebooted: bool) -> None:
+        import subprocess
+
+        target = self.directory / ami.id
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # cp -a keeps owners, modes, xattrs and the overlay's whiteouts (device nodes).
+        done = subprocess.run(
+            ["cp", "-a", "--", str(host.disk), str(target)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            log.warning("Copying the disk of %s failed: %s", ami.id, done.stderr.strip())
+            set_image_state(ami, "failed")
+        else:
+            set_image_state(ami, "available")
+        if rebooted:
+            try:
+                host.start()
+            except Exception:  # noqa: BLE001 - the harness logs; the instance stays down
+                log.exception("Could not boot %s again after its image", host.instance_id)
+
+    def restore(self, image_id: str | None, disk: Any) -> bool:
+        """Make ``disk`` (not yet existing) a copy of a saved image's; False if none is saved."""
+        import subprocess
+
+        source = self.directory / str(image_id)
+        if not image_id or not source.is_dir():
+            return False
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", "--", str(source), str(disk)], check=True, capture_output=True)
+        log.info("Disk %s starts as a copy of image %s", disk, image_id)
+        return True
+
+    def close(self) -> None:
+        """Stop listening (the copies are deleted with the harness's work directory)."""
+        self._remove()
+        for thread in self._threads:
+            thread.join(timeout=120)

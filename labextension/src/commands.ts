@@ -21,6 +21,7 @@ import {
   openInstance
 } from './actions';
 import { ec2Icon } from './icons';
+import type { ImagesModel } from './images';
 import { ACTION_LABELS, offers } from './instances';
 import { EC2Model } from './model';
 import { InstanceNotifier } from './notifications';
@@ -134,6 +135,7 @@ const PICK_LABELS: Readonly<Record<InstanceAction, string>> = {
   stop: 'Stop an EC2 Instance…',
   start: 'Start an EC2 Instance…',
   reconnect: 'Reconnect to an EC2 Instance…',
+  image: 'Save an EC2 Instance as an Image…',
   terminate: 'Terminate an EC2 Instance…',
   log: 'Show the Log of an EC2 Instance…'
 };
@@ -144,6 +146,7 @@ const PAST_PARTICIPLES: Readonly<Record<InstanceAction, string>> = {
   stop: 'stopped',
   start: 'started',
   reconnect: 'reconnected',
+  image: 'saved as an image',
   terminate: 'terminated',
   log: 'shown'
 };
@@ -184,7 +187,8 @@ export function addCommands(
   model: EC2Model,
   tracker: PanelTracker,
   notifier: InstanceNotifier,
-  preflight?: PreflightModel
+  preflight?: PreflightModel,
+  images?: ImagesModel
 ): void {
   const { commands, shell } = app;
 
@@ -274,7 +278,8 @@ export function addCommands(
           model,
           commands,
           launch: request => launch(request, true),
-          preflight
+          preflight,
+          images
         });
         void tracker.add(widget);
         shell.add(widget, 'main');
@@ -393,6 +398,9 @@ export function addCommands(
     reconnect: async instance => {
       const reconnecting = await model.act(instance.id, 'reconnect');
       notifier.watch(reconnecting.id, reconnecting.name);
+    },
+    image: async instance => {
+      await commands.execute(CommandIDs.saveImage, { id: instance.id });
     },
     terminate: async instance => {
       if (!(await confirmTerminate(instance))) {

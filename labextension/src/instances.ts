@@ -39,6 +39,7 @@ export function actionsFor(instance: IInstance): InstanceAction[] {
     'start',
     'reconnect',
     'stop',
+    'image',
     'terminate',
     'log'
   ];
@@ -51,6 +52,7 @@ export const ACTION_LABELS: Readonly<Record<InstanceAction, string>> = {
   stop: 'Stop',
   start: 'Start',
   reconnect: 'Reconnect',
+  image: 'Save as image',
   terminate: 'Terminate',
   log: 'Show log'
 };
