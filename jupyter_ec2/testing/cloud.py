@@ -231,6 +231,8 @@ class SimulatedCloud:
 
         While hidden, a describe by id answers ``InvalidInstanceID.NotFound`` and a describe
         by filters leaves the instance out, as EC2 may shortly after RunInstances or a start.
+        A new image is likewise missing from DescribeImages for ``seconds`` after CreateImage,
+        then reads ``pending`` for as long again.
         The ``jp_ec2_cloud`` fixture sets it back to 0 before each test.
         """
         self.front.set_lag(seconds)

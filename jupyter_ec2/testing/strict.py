@@ -10,7 +10,11 @@ moto accepts what AWS refuses and is never late. :class:`StrictFront` is a small
   format, before moto sees it;
 - in *lag* mode (:meth:`StrictFront.set_lag`) hides an instance for a while after
   ``RunInstances`` or ``StartInstances``: ``DescribeInstances`` leaves it out, and a describe by
-  id answers ``InvalidInstanceID.NotFound``, as EC2's eventual consistency does.
+  id answers ``InvalidInstanceID.NotFound``, as EC2's eventual consistency does; and a new image
+  (``CreateImage``) is missing from ``DescribeImages`` for as long, then ``pending`` for as long
+  again, as EC2 answers while it takes the snapshots;
+- checks image requests against the cloud's state (:func:`check_image_request`: the instance's
+  state, the image name, the image and snapshot to delete), each rule sourced in its block.
 
 Everything else passes through unchanged (moto's own answers, every other service). The rule
 table is data: a rule names the actions it applies to, the query parameters it reads (a regular

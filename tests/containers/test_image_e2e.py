@@ -108,7 +108,10 @@ async def test_save_a_provisioned_instance_and_launch_from_it(
         _inside, jp_ec2_hosts, copy["id"], "systemctl", "list-units", "--all", "--plain",
         "--no-legend", "jupyter-ec2*",
     )  # fmt: skip
-    assert source not in units and copy["id"] in units, units
+    lines = [line.split() for line in units.strip().splitlines()]
+    retired = [words for words in lines if source in words[0]]
+    assert retired and all(words[1] == "not-found" and words[2] == "inactive" for words in retired)
+    assert any(copy["id"] in words[0] and words[2] == "active" for words in lines), units
 
     # When both are terminated and the image deleted / Then nothing is left in the cloud
     for instance_id in (source, copy["id"]):
