@@ -242,14 +242,17 @@ function ImageRow(props: {
         <span className={`jp-ec2-phase jp-ec2-image-state-${image.state}`}>
           {image.state}
         </span>
-        {monthly !== null && (
-          <span
-            className="jp-ec2-price"
-            title="What its EBS snapshots cost a month at most (EBS bills the blocks they hold)"
-          >
-            {monthly}
-          </span>
-        )}
+        <span
+          className="jp-ec2-price"
+          data-testid="ec2-image-monthly"
+          title={
+            monthly === null
+              ? 'AWS did not state the EBS snapshot price here'
+              : 'What its EBS snapshots cost a month at most (EBS bills the blocks they hold)'
+          }
+        >
+          {monthly ?? '$?/month'}
+        </span>
       </div>
       <dl className="jp-ec2-instance-facts">
         <div className="jp-ec2-fact">

@@ -36,6 +36,8 @@ pytestmark = [
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
+from test_instances_ui import open_lab, run_command  # noqa: E402 - after the skip above
+
 PANEL = ".jp-ec2-panel"
 
 
@@ -57,11 +59,8 @@ def test_save_a_stopped_instance_launch_from_it_and_delete_it(
     server.api("POST", f"instances/{inst['id']}/stop", {})
     _wait_phase(server, inst["id"], "stopped")
     # And the panel open
-    page.goto(server.url("lab?reset"))
-    expect(page.locator("#jp-main-dock-panel")).to_be_visible()
-    page.keyboard.press("Control+Shift+C")
-    page.locator(".lm-CommandPalette-input").fill("EC2 instances")
-    page.locator(".lm-CommandPalette-item", has_text="EC2 instances").first.click()
+    open_lab(page, server)
+    run_command(page, "EC2 instances")
     card = page.locator(f'{PANEL} [data-testid="ec2-instance"][data-instance-id="{inst["id"]}"]')
     expect(card).to_have_attribute("data-phase", "stopped", timeout=60_000)
     images = page.locator(f'{PANEL} [data-testid="ec2-images"]')
