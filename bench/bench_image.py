@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import secrets
 import subprocess
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {reason}")
         return 0
     work = Path(tempfile.mkdtemp(prefix="jupyter-ec2-bench-image-"))
+    # moto has no Price List: each price lookup is a logged werkzeug error, noise for figures.
+    logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
     cloud = SimulatedCloud().start()
     hosts, _ = make_instance_hosts(cloud, work / "hosts", kind="container")
     server = None
