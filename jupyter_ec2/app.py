@@ -16,8 +16,11 @@ from traitlets import Dict, Enum, Float, Int, Type, Unicode, default, validate
 from ._version import __version__
 from .handlers import (
     CostsHandler,
+    ImageHandler,
+    ImagesHandler,
     InstanceActionHandler,
     InstanceHandler,
+    InstanceImageHandler,
     InstanceLogHandler,
     InstancesHandler,
     KeepaliveHandler,
@@ -27,7 +30,7 @@ from .handlers import (
     ResizeOptionsHandler,
     SnapshotsHandler,
 )
-from .models import INSTANCE_ID_PATTERN, ProfileSet, load_profiles
+from .models import IMAGE_ID_PATTERN, INSTANCE_ID_PATTERN, ProfileSet, load_profiles
 from .origin import (
     InstanceOrigins,
     install_instance_origins,
@@ -74,6 +77,9 @@ class EC2Launcher(ExtensionApp):
             rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/(start|stop|reconnect)",
             InstanceActionHandler,
         ),
+        (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/image", InstanceImageHandler),
+        (rf"/{API_PREFIX}/images", ImagesHandler),
+        (rf"/{API_PREFIX}/images/({IMAGE_ID_PATTERN})", ImageHandler),
         # The remote notebooks, HTTP and websockets, through the forwards.
         *[route[:2] for route in remote_handlers("/")],
         # The handoff from the local session to an instance's own origin.

@@ -106,6 +106,8 @@ class ImageInfo:
     root_device_name: str
     name: str = ""
     creation_date: str = ""
+    #: The size of the image's root snapshot in GiB (a launch needs at least this), if known.
+    root_volume_gb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -354,13 +356,25 @@ def newest_image(images: Iterable[Mapping[str, Any]]) -> ImageInfo | None:
 
 def image_info(image: Mapping[str, Any]) -> ImageInfo:
     """An :class:`ImageInfo` from one ``describe_images`` entry."""
+    root = image.get("RootDeviceName") or "/dev/sda1"
     return ImageInfo(
         image_id=image["ImageId"],
         architecture=image.get("Architecture", "x86_64"),
-        root_device_name=image.get("RootDeviceName") or "/dev/sda1",
+        root_device_name=root,
         name=image.get("Name", ""),
         creation_date=image.get("CreationDate", ""),
+        root_volume_gb=root_volume_gb(image),
     )
+
+
+def root_volume_gb(image: Mapping[str, Any]) -> int | None:
+    """The size in GiB of an image's root EBS snapshot, from its block device mappings."""
+    root = image.get("RootDeviceName") or "/dev/sda1"
+    for mapping in image.get("BlockDeviceMappings") or []:
+        size = (mapping.get("Ebs") or {}).get("VolumeSize")
+        if mapping.get("DeviceName") == root and isinstance(size, int):
+            return size
+    return None
 
 
 # -- pure helpers: user-data and run_instances ----------------------------------------------------
@@ -758,6 +772,142 @@ def resize_facts_from_description(description: Mapping[str, Any], region: str) -
         spot=description.get("InstanceLifecycle") == "spot",
         root_volume_id=volume,
     )
+
+
+# -- pure helpers: saved images (issue 15) --------------------------------------------------------
+
+TAG_SOURCE_INSTANCE = "jupyter-ec2:source-instance"
+TAG_ENVIRONMENT = "jupyter-ec2:environment"
+#: The characters AWS allows in an image name (3–128 of them; the CreateImage API reference).
+_IMAGE_NAME = re.compile(r"[A-Za-z0-9()\[\] ./\-'@_]{3,128}", re.ASCII)
+_IMAGE_NAME_BAD = re.compile(r"[^A-Za-z0-9()\[\] ./\-'@_]", re.ASCII)
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    """An image this owner saved from a managed instance, as ``describe_images`` reports it."""
+
+    image_id: str
+    region: str
+    name: str
+    state: str
+    source_instance: str | None
+    created_at: str
+    size_gb: int | None
+    snapshot_ids: tuple[str, ...]
+    environment: str | None = None
+    architecture: str | None = None
+    label: str | None = None
+
+
+def describe_environment(environment: Mapping[str, Any] | None) -> str:
+    """A tag value (≤ 255 characters) saying which environment an image holds."""
+    env = dict(environment or {})
+    kind = str(env.get("kind", "unknown"))
+    if kind == "existing":
+        text = f"existing {env.get('python', '')}".strip()
+    else:
+        packages = [str(p) for p in env.get("packages") or []]
+        text = f"{kind}: {', '.join(packages) or 'no extra packages'}"
+    text = " ".join(text.split())
+    return text if len(text) <= 255 else text[:254] + "…"
+
+
+def image_name_for(label: str, instance_id: str, when: dt.datetime) -> str:
+    """The AMI ``Name``: AWS allows 3–128 of ``A-Za-z0-9()[] ./-'@_`` and wants it unique.
+
+    The user's label is kept where AWS allows its characters (others become ``-``); the time
+    stamp makes two images of one instance differ.
+    """
+    cleaned = _IMAGE_NAME_BAD.sub("-", label).strip() or "image"
+    stamp = when.strftime("%Y%m%d-%H%M%S")
+    suffix = f" {instance_id} {stamp}"
+    return (cleaned[: 128 - len(suffix)] + suffix).strip()
+
+
+def build_image_tags(
+    *,
+    owner_id: str,
+    instance_id: str,
+    label: str,
+    environment: Mapping[str, Any] | None,
+    profile_name: str | None = None,
+) -> dict[str, str]:
+    """The tags of a saved image and its snapshots: managed, with source and environment."""
+    tags = owner_tags(owner_id)
+    tags[TAG_SOURCE_INSTANCE] = instance_id
+    tags[TAG_ENVIRONMENT] = describe_environment(environment)
+    if profile_name:
+        tags[TAG_PROFILE] = profile_name
+    tags[TAG_NAME] = label[:255]
+    return tags
+
+
+def build_create_image_params(
+    *, instance_id: str, name: str, tags: Mapping[str, str], reboot: bool = False
+) -> dict[str, Any]:
+    """``create_image`` parameters, with the tags on the image and on its snapshots.
+
+    ``reboot`` lets EC2 shut the running instance down and boot it again around the snapshot
+    (a consistent image; the notebook restarts); without it EC2 snapshots the disk while it is
+    in use, and files being written may be inconsistent in the image.
+    """
+    if not _IMAGE_NAME.fullmatch(name):
+        raise ValidationError("name", f"{name!r:.60} is not a valid image name for AWS.")
+    return {
+        "InstanceId": instance_id,
+        "Name": name,
+        "Description": "Saved by jupyter-ec2 from " + instance_id,
+        "NoReboot": not reboot,
+        "TagSpecifications": build_tag_specifications(tags, ("image", "snapshot")),
+    }
+
+
+def owner_image_filters(owner_id: str) -> list[dict[str, Any]]:
+    """``describe_images`` filters for every image this owner saved."""
+    return [
+        {"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]},
+        {"Name": f"tag:{TAG_OWNER}", "Values": [owner_id]},
+    ]
+
+
+def saved_image_from_description(image: Mapping[str, Any], region: str) -> SavedImage:
+    """A :class:`SavedImage` from one ``describe_images`` entry (pure)."""
+    tags = {t["Key"]: t["Value"] for t in image.get("Tags") or []}
+    snapshots = tuple(
+        (m.get("Ebs") or {}).get("SnapshotId")
+        for m in image.get("BlockDeviceMappings") or []
+        if (m.get("Ebs") or {}).get("SnapshotId")
+    )
+    sizes = [
+        (m.get("Ebs") or {}).get("VolumeSize")
+        for m in image.get("BlockDeviceMappings") or []
+        if isinstance((m.get("Ebs") or {}).get("VolumeSize"), int)
+    ]
+    created = image.get("CreationDate") or ""
+    return SavedImage(
+        image_id=image["ImageId"],
+        region=region,
+        name=image.get("Name") or "",
+        state=str(image.get("State") or "pending"),
+        source_instance=tags.get(TAG_SOURCE_INSTANCE),
+        created_at=str(created),
+        size_gb=sum(sizes) if sizes else None,
+        snapshot_ids=snapshots,
+        environment=tags.get(TAG_ENVIRONMENT),
+        architecture=image.get("Architecture"),
+        label=tags.get(TAG_NAME),
+    )
+
+
+def check_volume_fits(image: ImageInfo, volume_gb: int) -> None:
+    """Refuse (400 naming ``volume_gb``) a root volume smaller than the image's snapshot."""
+    if image.root_volume_gb is not None and volume_gb < image.root_volume_gb:
+        raise ValidationError(
+            "volume_gb",
+            f"Image {image.image_id} holds a {image.root_volume_gb} GB disk: volume_gb must be "
+            f"at least {image.root_volume_gb}, not {volume_gb}.",
+        )
 
 
 # -- pure helpers: errors -------------------------------------------------------------------------
@@ -1461,6 +1611,7 @@ class EC2Backend(LoggingConfigurable):
 
         architecture = self.instance_type_architecture(profile.instance_type, region)
         image = self.resolve_image(profile.ami, architecture, region)
+        check_volume_fits(image, profile.volume_gb)
         key_name = self.ensure_key_pair(region)
         vpc_id, subnet_id = self._network(region)
         group_id = self.ensure_security_group(vpc_id, region, cidrs)
@@ -1841,6 +1992,107 @@ class EC2Backend(LoggingConfigurable):
             ec2.modify_instance_attribute(
                 InstanceId=instance_id, InstanceType={"Value": instance_type}
             )
+
+    # -- saved images (issue 15) -------------------------------------------------------------------
+
+    def create_image(
+        self,
+        instance_id: str,
+        region: str | None = None,
+        *,
+        label: str,
+        environment: Mapping[str, Any] | None = None,
+        profile_name: str | None = None,
+        reboot: bool = False,
+    ) -> SavedImage:
+        """Save a managed instance's disk as an image tagged as managed; EC2 makes it later.
+
+        The answer is ``pending``: EC2 copies the disk into snapshots in the background, and a
+        describe right after may not know the image yet (eventual consistency).
+        """
+        region = validate_region(region or self.region)
+        inst = self.owned([instance_id], region)[0]
+        if inst.state not in ("running", "stopped"):
+            raise ConflictError(
+                f"Instance {instance_id} is {inst.state}: an image needs it running or stopped.",
+                code="IncorrectInstanceState",
+            )
+        label = validate_label(label)
+        now = dt.datetime.now(dt.timezone.utc)
+        tags = build_image_tags(
+            owner_id=self.owner_id,
+            instance_id=instance_id,
+            label=label,
+            environment=environment,
+            profile_name=profile_name,
+        )
+        params = build_create_image_params(
+            instance_id=instance_id,
+            name=image_name_for(label, instance_id, now),
+            tags=tags,
+            reboot=reboot and inst.state == "running",
+        )
+        ec2 = self.client(region)
+        with self._aws("save the image", region):
+            answer = ec2.create_image(**params)
+        return SavedImage(
+            image_id=answer["ImageId"],
+            region=region,
+            name=params["Name"],
+            state="pending",
+            source_instance=instance_id,
+            created_at=now.isoformat(timespec="seconds"),
+            size_gb=None,
+            snapshot_ids=(),
+            environment=tags[TAG_ENVIRONMENT],
+            architecture=inst.architecture,
+            label=label,
+        )
+
+    def list_images(self, region: str | None = None) -> list[SavedImage]:
+        """Every image this owner saved in a region (found by its tags), newest first."""
+        region = validate_region(region or self.region)
+        ec2 = self.client(region)
+        with self._aws("list the saved images", region):
+            answer = ec2.describe_images(
+                Owners=["self"], Filters=owner_image_filters(self.owner_id)
+            )
+        images = [saved_image_from_description(i, region) for i in answer.get("Images", [])]
+        return sorted(images, key=lambda i: (i.created_at, i.image_id), reverse=True)
+
+    def delete_image(self, image_id: str, region: str | None = None) -> SavedImage:
+        """Deregister a managed image, then delete each of its snapshots (EC2 keeps them).
+
+        NotFoundError when the image is not one this owner saved.
+        """
+        region = validate_region(region or self.region)
+        image = self._owned_image(image_id, region)
+        ec2 = self.client(region)
+        with self._aws("delete the image", region):
+            ec2.deregister_image(ImageId=image.image_id)
+            for snapshot_id in image.snapshot_ids:
+                ec2.delete_snapshot(SnapshotId=snapshot_id)
+        self.log.info("Deleted image %s and snapshots %s", image_id, ", ".join(image.snapshot_ids))
+        return image
+
+    def _owned_image(self, image_id: str, region: str) -> SavedImage:
+        ec2 = self.client(region)
+        with self._aws("look up the image", region):
+            try:
+                found = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+            except Exception as err:
+                code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code", "")
+                if not str(code).startswith("InvalidAMIID"):
+                    raise
+                found = []
+        for desc in found:
+            tags = {t["Key"]: t["Value"] for t in desc.get("Tags") or []}
+            if tags.get(TAG_MANAGED) == "true" and tags.get(TAG_OWNER) == self.owner_id:
+                return saved_image_from_description(desc, region)
+        raise NotFoundError(
+            f"No image {image_id} saved by jupyter-ec2 here (only managed images may be deleted).",
+            code="InvalidAMIID.NotFound",
+        )
 
 
 def _state_changes(items: Iterable[Mapping[str, Any]]) -> list[StateChange]:

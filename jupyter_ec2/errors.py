@@ -76,6 +76,7 @@ ALSO_NEEDED = {
     "RunInstances": ("ec2:CreateTags", "iam:CreateServiceLinkedRole"),
     "CreateSecurityGroup": ("ec2:CreateTags",),
     "ImportKeyPair": ("ec2:CreateTags",),
+    "CreateImage": ("ec2:CreateTags",),
 }
 
 #: AWS error codes that mean "these credentials may not do this".

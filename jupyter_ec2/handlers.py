@@ -17,7 +17,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
 from .errors import EC2LauncherError, ValidationError
-from .models import MAX_REQUEST_BYTES, LaunchRequest, validate_keepalive
+from .models import MAX_REQUEST_BYTES, ImageRequest, LaunchRequest, validate_keepalive
 from .resize import validate_resize
 
 #: The resource name jupyter_server authorizers see for every jupyter-ec2 route.
@@ -220,6 +220,43 @@ class InstanceActionHandler(EC2APIHandler):
             "reconnect": manager.reconnect,
         }[action]
         self.write_json(await method(instance_id), status=202)
+
+
+class InstanceImageHandler(EC2APIHandler):
+    """``POST instances/{id}/image`` ``{"name"?, "reboot"?}``: save the instance as an image."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def post(self, instance_id: str) -> None:
+        """Answers 202 with the ``pending`` Image; EC2 makes it in the background."""
+        request = ImageRequest.from_json(self.json_body())
+        manager = await self.manager()
+        self.write_json(await manager.images.create(instance_id, request), status=202)
+
+
+class ImagesHandler(EC2APIHandler):
+    """``GET images``: every image saved from a managed instance, with state, size and cost."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def get(self) -> None:
+        """The managed images, found by their tags, newest first."""
+        manager = await self.manager()
+        self.write_json({"images": await manager.images.list()})
+
+
+class ImageHandler(EC2APIHandler):
+    """``DELETE images/{ami}``: deregister a managed image and delete its snapshots."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def delete(self, image_id: str) -> None:
+        """Answers 202 with the deleted Image."""
+        manager = await self.manager()
+        self.write_json(await manager.images.delete(image_id), status=202)
 
 
 class PreflightHandler(EC2APIHandler):

@@ -31,6 +31,7 @@ from .before_stop import run_before_stop
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .forgotten import STORE_NAME as FORGOTTEN
 from .forgotten import ForgottenInstances
+from .images import SavedImages
 from .models import LaunchRequest, Phase, Profile, ProfileSet, validate_instance_id
 from .origin import remote_url as origin_url
 from .preflight import Preflight, point_to_check
@@ -44,7 +45,7 @@ class LaunchManager(InstanceWatcher):
 
     #: The actions this manager carries out; a later issue adds its action here with its handler.
     implemented_actions = frozenset(
-        {"open", "start", "stop", "reconnect", "terminate", "keepalive", "resize"}
+        {"open", "start", "stop", "reconnect", "terminate", "keepalive", "resize", "image"}
     )
 
     backend = Instance("jupyter_ec2.aws.EC2Backend", help="The EC2 layer.")
@@ -89,6 +90,7 @@ class LaunchManager(InstanceWatcher):
         self.forgotten = ForgottenInstances(self)  # stopped too long: snapshot, then terminate
         self.subscribe(self.forgotten.on_event)
         self.resizer = Resizer(self.backend, self.prices)
+        self.images = SavedImages(self)  # POST instances/{id}/image, GET/DELETE images
         self.preflight_checks = Preflight(
             self.backend,
             lambda: list(self.profiles.profiles.values()),
@@ -355,6 +357,7 @@ class LaunchManager(InstanceWatcher):
             spot=profile.spot,
         )
         self.records[record.id] = record
+        await self.images.note_launch(record, profile.ami, result.image_id)
         # The disk is billed from now: its size is the request's, overrides included.
         self.costs.entry(
             record.id, record.region, record.instance_type, volume_gb=profile.volume_gb,
@@ -522,6 +525,7 @@ class LaunchManager(InstanceWatcher):
                     remote_port=record.remote_port,
                     facts=self._connect_facts(record),
                     fast=not fresh,
+                    image_source=record.image_source,
                 )
             )
             record.remote_port, record.token = result.port, result.token

@@ -609,3 +609,83 @@ class Instance:
             if cost is not None
             else {"so_far_usd": None, "stopped_monthly_usd": None, "estimate": True},
         }
+
+
+# -- saved images (issue 15) ---------------------------------------------------------------------
+
+#: A saved image's id, for routes and validation alike: ``ami-`` and 8 or 17 lower-case hex.
+IMAGE_ID_PATTERN = r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})"
+_IMAGE_ID = re.compile(IMAGE_ID_PATTERN, re.ASCII)
+_IMAGE_FIELDS = ("name", "reboot")
+
+
+def validate_image_id(value: Any, field: str = "image_id") -> str:
+    """An image id: ``ami-`` followed by 8 or 17 lower-case hex digits."""
+    if not isinstance(value, str) or not _IMAGE_ID.fullmatch(value):
+        raise ValidationError(
+            field, f"{str(value)[:40]!r} is not an image id (ami- and 8 or 17 hex digits)."
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A validated ``POST instances/{id}/image`` body: an optional label and the reboot choice.
+
+    ``reboot`` matters only for a running instance: true stops it, saves a consistent image and
+    starts it again (the notebook restarts); false saves it while it runs (no interruption, but
+    files being written may be inconsistent in the image). A stopped instance is always imaged
+    as it is: consistent.
+    """
+
+    name: str | None = None
+    reboot: bool = False
+
+    @classmethod
+    def from_json(cls, body: Any) -> ImageRequest:
+        """Validate a decoded JSON body; every problem names its field."""
+        if not isinstance(body, dict):
+            raise ValidationError("body", 'The body must be a JSON object like {"reboot": true}.')
+        unknown = [key for key in body if key not in _IMAGE_FIELDS]
+        if unknown:
+            raise ValidationError(
+                str(unknown[0])[:40],
+                f"{str(unknown[0])[:40]!r} is not an image field; use name, reboot.",
+            )
+        name = body.get("name")
+        if name is not None:
+            _expect(name, str, "name", "a string")
+            name = name.strip()
+            if not name or len(name) > 100 or not name.isprintable():
+                raise ValidationError("name", "name must be 1–100 printable characters.")
+        reboot = _expect(body.get("reboot", False), bool, "reboot", "true or false")
+        return cls(name=name, reboot=reboot)
+
+
+@dataclass
+class Image:
+    """A saved image (DESIGN.md §4 ``Image``); ``to_json`` gives the API's shape."""
+
+    id: str
+    name: str
+    state: str  # pending | available | failed
+    source_instance: str | None
+    created_at: str
+    size_gb: int | None = None
+    monthly_usd: float | None = None
+    region: str = ""
+    environment: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The API ``Image``; ``region`` and ``environment`` are added fields."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "source_instance": self.source_instance,
+            "created_at": self.created_at,
+            "size_gb": self.size_gb,
+            "monthly_usd": self.monthly_usd,
+            "region": self.region,
+            "environment": self.environment,
+        }

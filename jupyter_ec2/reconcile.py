@@ -57,6 +57,7 @@ class InstanceRecord(InstanceData):
     absent_since: float | None = None  # first describe answer that left it out
     entered_at: float = field(default_factory=time.monotonic)  # when the phase began
     ec2_stopped_at: Any = None  # EC2's own stop time when it gives one (jupyter_ec2.forgotten)
+    image_source: str | None = None  # launched from a saved image of this instance
 
 
 class InstanceWatcher(LoggingConfigurable):

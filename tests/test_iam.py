@@ -62,7 +62,10 @@ def as_user(jp_ec2_cloud, monkeypatch, tmp_path):
 
 
 def run_lifecycle(backend: EC2Backend) -> list[str]:
-    """Launch, list, stop, start, terminate an instance, then launch and terminate a spot one.
+    """Launch, list, stop, image, start, terminate an instance, then a spot one.
+
+    The image steps save the stopped instance, list the saved images and delete the image with
+    its snapshots (issue 15).
 
     Returns the steps done; the first refusal propagates, with the step in ``err.step``.
     """
@@ -81,6 +84,9 @@ def run_lifecycle(backend: EC2Backend) -> list[str]:
     step("list", backend.list_instances)
     step("stop", backend.stop, [launched.instance_id])
     step("resize", backend.modify_instance_type, launched.instance_id, "t3.large")
+    image = step("image", backend.create_image, launched.instance_id, label="iam test")
+    step("list images", backend.list_images)
+    step("delete image", backend.delete_image, image.image_id)
     step("start", backend.start, [launched.instance_id])
     step("terminate", backend.terminate, [launched.instance_id])
     spot = step("launch spot", backend.launch, _profile(spot=True))
@@ -155,6 +161,9 @@ WITHOUT = {
     "CreateManagedSnapshot": None,
     "ListSnapshots": None,
     "Resize": ("resize", "ec2:ModifyInstanceAttribute"),
+    "Images": ("image", "ec2:CreateImage"),
+    "ImagesTagOnCreate": ("image", "ec2:CreateTags"),
+    "ImagesDeleteManaged": ("delete image", "ec2:DeregisterImage"),
 }
 
 

@@ -571,6 +571,7 @@ class Provisioner(LoggingConfigurable):
         idle_stop_minutes: float | None = None,
         remote_port: int | None = None,
         fast: bool = False,
+        image_source: str | None = None,
     ) -> dict[str, Any]:
         """The validated parameter file for ``setup.sh`` (raises ValidationError, runs nothing)."""
         if not isinstance(target, SSHTarget):
@@ -607,6 +608,7 @@ class Provisioner(LoggingConfigurable):
             sshd_pid_file=self.sshd_pid_file,
             before_stop=self.before_stop,
             before_stop_timeout=self.before_stop_timeout,
+            image_source=image_source,
         )
 
     def _should_rotate(self, instance_id: str) -> bool:
@@ -648,6 +650,7 @@ class Provisioner(LoggingConfigurable):
         remote_port: int | None = None,
         facts: ConnectFacts | Callable[[], ConnectFacts | None] | None = None,
         fast: bool = False,
+        image_source: str | None = None,
     ) -> ProvisionResult:
         """Provision ``instance_id`` at ``target``; safe to repeat (unchanged steps say so).
 
@@ -655,7 +658,9 @@ class Provisioner(LoggingConfigurable):
         None, which rewrites the config); ``environment`` and ``idle_stop_minutes`` override
         the configured ones (a launch profile's values), ``remote_port`` the configured port
         (None: the trait; 0: a free port, the same one as last time when it is still free).
-        ``on_progress(step, percent, text)`` receives every step and output line.
+        ``image_source`` is the instance a saved image of this disk was taken of: its
+        environment is reused and its services retired. ``on_progress(step, percent, text)``
+        receives every step and output line.
 
         Raises ValidationError before connecting, HostKeyMismatchError / SSHConnectError when
         no trusted session comes up, and ProvisionError naming the failed step.
@@ -670,6 +675,7 @@ class Provisioner(LoggingConfigurable):
             idle_stop_minutes=idle_stop_minutes,
             remote_port=remote_port,
             fast=fast,
+            image_source=image_source,
         )
         payload = _params.params_json(parameters)
         script, watchdog = _resource("setup.sh"), _resource("watchdog.py")

@@ -455,12 +455,14 @@ def build_params(
     sshd_pid_file: str = "/run/sshd.pid",
     before_stop: str = SAVE_NOTEBOOKS,
     before_stop_timeout: float = 60,
+    image_source: str | None = None,
 ) -> dict[str, Any]:
     """The parameter file of ``setup.sh``: every value validated, nothing to interpret.
 
     Raises :class:`ValidationError` naming the first bad field; nothing may run before this
     returns. ``fast`` skips the slow checks of a host provisioned before (the re-run after a
-    start): the cloud-init wait and the environment's import check.
+    start): the cloud-init wait and the environment's import check. ``image_source`` names the
+    instance whose saved image this disk is a copy of (its environment is reused).
     """
     instance_id = validate_instance_id(instance_id)
     validate_user_name(login_user, "login_user", allow_root=True)
@@ -507,6 +509,9 @@ def build_params(
         "before_stop": step,
         "ready_timeout": validate_seconds(ready_timeout, "ready_timeout", minimum=1),
         "fast": bool(fast),
+        "image_source": (
+            validate_instance_id(image_source, "image_source") if image_source else ""
+        ),
         "base_python": validate_program(base_python, "base_python"),
         "index_url": validate_index_url(index_url),
         "cloud_init_timeout": validate_seconds(cloud_init_timeout, "cloud_init_timeout", minimum=1),

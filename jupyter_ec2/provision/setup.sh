@@ -793,6 +793,56 @@ install_conda_env() {
   as_user "$prefix/bin/conda" install --yes --quiet --prefix "$prefix" -c conda-forge -- "${packages[@]}"
 }
 
+# A disk copied from a saved image of another instance (P[image_source], issue 15): the units
+# of that instance would start with its token and its idle stop, so they are retired and the
+# files holding its token removed; no process of it survives the copy, so nothing else runs.
+retire_image_source() {
+  local src=${P[image_source]} unit reload=0
+  [[ -n $src && $src != "$ID" ]] || return 0
+  [[ $src =~ ^i-[0-9a-f]{8,17}$ ]] || die "bad image source"
+  if have_systemd; then
+    for unit in "jupyter-ec2-$src" "jupyter-ec2-$src-watchdog"; do
+      if [[ -e /etc/systemd/system/$unit.service ]]; then
+        systemctl disable --now --quiet -- "$unit" 2>/dev/null || true
+        rm -f -- "/etc/systemd/system/$unit.service"
+        echo "retired $unit, a service of the instance the image was saved from"
+        reload=1
+      fi
+    done
+    if ((reload)); then systemctl daemon-reload; fi
+  fi
+  rm -f -- "$STATE_ROOT/$src/jupyter_server_config.json" "$STATE_ROOT/$src/watchdog.json" \
+    "$STATE_ROOT/$src/idle-status.json"
+}
+
+# Compares two environment markers (what was asked, where from), not the interpreter paths.
+SAME_ENV_PY='
+import json, sys
+def load(path):
+    with open(path) as f:
+        data = json.load(f)
+    return data.get("environment"), data.get("wheel_dir")
+sys.exit(0 if load(sys.argv[1]) == load(sys.argv[2]) else 1)
+'
+
+# reuse_image_environment — the environment the image's source instance installed, when it is
+# the one asked for: this instance's environment directory becomes a link to it (its files keep
+# their paths, so nothing inside needs rewriting). Succeeds only when it linked.
+reuse_image_environment() {
+  local src=${P[image_source]} marker
+  [[ -n $src && $src != "$ID" && $kind != existing ]] || return 1
+  marker=$STATE_ROOT/$src/environment.json
+  [[ -f $marker && -d $NB_HOME/.jupyter-ec2/$src && ! -e $ENV_DIR && ! -L $ENV_DIR ]] || return 1
+  python3 -c "$SAME_ENV_PY" "$marker" "$WORK/environment.json" || return 1
+  as_user ln -s -- "$src" "$ENV_DIR"
+  if ! as_user "$PY" -c 'import jupyter_server' 2>/dev/null; then
+    as_user rm -f -- "$ENV_DIR"
+    echo "the environment saved in the image does not work here; installing a new one"
+    return 1
+  fi
+  echo "the $kind environment is already on this disk (saved in the image of $src): reusing it"
+}
+
 step_environment() {
   step environment 20
   local kind=${P[environment.kind]} marker="$STATE/environment.json"
@@ -804,9 +854,13 @@ step_environment() {
     *) die "unknown environment kind $kind" ;;
   esac
   python3 -c "$RENDER_JSON_PY" "$PARAMS" environment "$STATE" "$PY" >"$WORK/environment.json"
-  local same=0
+  retire_image_source
+  local same=0 reused=0
+  if [[ ! -f $marker ]] && reuse_image_environment; then reused=1; fi
   if [[ -f $marker ]] && cmp -s -- "$marker" "$WORK/environment.json" && [[ -x $PY ]]; then same=1; fi
-  if [[ $kind == existing ]]; then
+  if ((reused)); then
+    :
+  elif [[ $kind == existing ]]; then
     [[ -e $PY ]] || die "the interpreter $PY does not exist on this host"
     if ((!same)) || [[ $FAST != true ]]; then
       as_user "$PY" -c 'import jupyter_server' ||
@@ -819,6 +873,8 @@ step_environment() {
       die "the new $kind environment cannot import jupyter_server"
   fi
   install_file "$WORK/environment.json" "$marker" 0644 0:0
+  # A reused environment is the image's work: the step reports it as already done.
+  if ((reused)); then STEP_CHANGED=0; fi
   ENV_CHANGED=$STEP_CHANGED
   step_done
 }

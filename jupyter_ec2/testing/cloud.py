@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from . import account
+from . import account, saved_images
 from .iam import ACCOUNT_ID, SPOT_ROLE_NAME, SPOT_SERVICE, PolicyAuthorizer, action_level_view
 from .images import ubuntu_images, write_amis_file
 from .strict import StrictFront
@@ -130,6 +130,7 @@ class SimulatedCloud:
             amis_path = write_amis_file(self._tmpdir / "amis.json")
             self._configure_moto(amis_path)
             account.install()  # EC2 quotas, default VPC's internet gateway (see .account)
+            saved_images.install()  # CreateImage as AWS does it (see .saved_images)
             self._proxy = ClosedPort()
 
             from moto.server import ThreadedMotoServer
@@ -144,6 +145,7 @@ class SimulatedCloud:
             self._server.start()
             self._port = self._server.get_host_and_port()[1]
             self._front = StrictFront(self._port).start()
+            self._front.backend_of = self.ec2_backend  # the image rules read moto's state
             self._exempt_harness_from_iam()
             # Build the region's EC2 backend now (AMIs, default VPC), not in the first test.
             self.ec2_backend()
@@ -168,6 +170,7 @@ class SimulatedCloud:
         self.enforce_iam(False)
         self._restore_moto()
         account.uninstall()
+        saved_images.uninstall()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         if self._saved_authenticator is not None:
@@ -228,6 +231,8 @@ class SimulatedCloud:
 
         While hidden, a describe by id answers ``InvalidInstanceID.NotFound`` and a describe
         by filters leaves the instance out, as EC2 may shortly after RunInstances or a start.
+        A new image is likewise missing from DescribeImages for ``seconds`` after CreateImage,
+        then reads ``pending`` for as long again.
         The ``jp_ec2_cloud`` fixture sets it back to 0 before each test.
         """
         self.front.set_lag(seconds)

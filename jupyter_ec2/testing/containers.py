@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from .hosts import _descendants, _process_table, end_processes, public_key_of
+from .saved_images import DiskImages
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,7 @@ class ContainerHost:
         self._watcher: threading.Thread | None = None
         self.boots = 0
         self.reboots = 0
+        self.image_id: str | None = None  # the image it was launched from (saved images)
         self._lock = threading.Lock()
 
     # -- facts -------------------------------------------------------------------------------
@@ -247,6 +249,11 @@ class ContainerHost:
     def root(self) -> Path:
         """The container's root directory (the overlay of its disk on the read-only root)."""
         return self.dir / "merged"
+
+    @property
+    def disk(self) -> Path:
+        """The instance's own disk: the overlay's upper directory (what an image saves)."""
+        return self.dir / "disk"
 
     @property
     def host_key_path(self) -> Path:
@@ -347,6 +354,8 @@ class ContainerHost:
         """Mount the overlay (upper = this instance's disk) and, on first boot, seed it."""
         upper, work = self.dir / "disk", self.dir / "work"
         first = not upper.exists()
+        if first:
+            self.kind.disk_images.restore(self.image_id, upper)  # launched from a saved image
         for path in (upper, work, self.root):
             path.mkdir(parents=True, exist_ok=True)
         if not os.path.ismount(self.root):
@@ -508,6 +517,8 @@ class ContainerKind:
         self._lock = threading.Lock()
         self._clients: dict[str, Any] = {}
         self._closed = False
+        # Saved images (issue 15): CreateImage copies an instance's disk, a launch restores it.
+        self.disk_images = DiskImages(self.workdir / "images", self.host)
         _live_kinds.add(self)
 
     @property
@@ -531,6 +542,7 @@ class ContainerKind:
                     _key_pair_keys(client, instance.key_name),
                     functools.partial(_stop_in_cloud, client),
                 )
+                host.image_id = instance.image_id
                 self._hosts[record.instance_id] = host
         return host.start()
 
@@ -567,6 +579,7 @@ class ContainerKind:
                 return
             self._closed = True
             hosts, self._hosts = list(self._hosts.values()), {}
+        self.disk_images.close()
         for host in hosts:
             try:
                 host.discard()

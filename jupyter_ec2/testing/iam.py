@@ -147,7 +147,10 @@ _TAGGED_TYPES = {
     "CreateSecurityGroup": ("security-group",),
     "ImportKeyPair": ("key-pair",),
     "CreateSnapshot": ("snapshot",),
+    "CreateImage": ("image", "snapshot"),
 }
+#: Resource types whose ARNs name no account (``arn:aws:ec2:region::image/ami-…``).
+_ACCOUNTLESS = ("image", "snapshot")
 
 
 def _indexed(params: Mapping[str, str], prefix: str) -> list[str]:
@@ -198,10 +201,15 @@ def needs_of(
     def requested(rtype: str) -> dict[str, Any]:
         return _tag_context("aws:RequestTag", tags.get(rtype, {}))
 
+    def arn_of(rtype: str, resource_id: str) -> str:
+        if rtype in _ACCOUNTLESS:
+            return f"arn:aws:ec2:{region}::{rtype}/{resource_id}"
+        return f"{arn}:{rtype}/{resource_id}"
+
     def existing(rtype: str, resource_id: str) -> Need:
         context = _tag_context("aws:ResourceTag", resource_tags(resource_id))
         context.update({k.replace("aws:", "ec2:", 1): v for k, v in context.items()})
-        return Need(ec2_action, f"{arn}:{rtype}/{resource_id}", context)
+        return Need(ec2_action, arn_of(rtype, resource_id), context)
 
     needs: list[Need] = []
     if action == "RunInstances":
@@ -258,6 +266,17 @@ def needs_of(
             existing("volume", params.get("VolumeId", "")),
             Need(ec2_action, f"arn:aws:ec2:{region}::snapshot/*", requested("snapshot")),
         ]
+    elif action == "CreateImage":
+        # The instance imaged, and the image and snapshots made (issue 15).
+        needs += [
+            existing("instance", params.get("InstanceId", "")),
+            Need(ec2_action, arn_of("image", "*"), requested("image")),
+            Need(ec2_action, arn_of("snapshot", "*"), requested("snapshot")),
+        ]
+    elif action == "DeregisterImage":
+        needs.append(existing("image", params.get("ImageId", "")))
+    elif action == "DeleteSnapshot":
+        needs.append(existing("snapshot", params.get("SnapshotId", "")))
     elif action == "CreateTags":
         for resource_id in _indexed(params, "ResourceId"):
             needs.append(existing(_resource_type(resource_id), resource_id))
@@ -266,14 +285,19 @@ def needs_of(
     for rtype, rtags in tags.items():
         if action in _TAGGED_TYPES:
             context = {"ec2:CreateAction": action, **_tag_context("aws:RequestTag", rtags)}
-            # Snapshot (and image) ARNs name no account: arn:aws:ec2:REGION::snapshot/ID.
-            base = f"arn:aws:ec2:{region}:" if rtype == "snapshot" else arn
-            needs.append(Need("ec2:CreateTags", f"{base}:{rtype}/*", context))
+            needs.append(Need("ec2:CreateTags", arn_of(rtype, "*"), context))
     return needs
 
 
 def _resource_type(resource_id: str) -> str:
-    prefixes = {"i-": "instance", "vol-": "volume", "sg-": "security-group", "key-": "key-pair"}
+    prefixes = {
+        "i-": "instance",
+        "vol-": "volume",
+        "sg-": "security-group",
+        "key-": "key-pair",
+        "ami-": "image",
+        "snap-": "snapshot",
+    }
     for prefix, rtype in prefixes.items():
         if resource_id.startswith(prefix):
             return rtype

@@ -10,9 +10,13 @@ moto accepts what AWS refuses and is never late. :class:`StrictFront` is a small
   format, before moto sees it;
 - in *lag* mode (:meth:`StrictFront.set_lag`) hides an instance for a while after
   ``RunInstances`` or ``StartInstances``: ``DescribeInstances`` leaves it out, and a describe by
-  id answers ``InvalidInstanceID.NotFound``, as EC2's eventual consistency does;
+  id answers ``InvalidInstanceID.NotFound``, as EC2's eventual consistency does; and a new image
+  (``CreateImage``) is missing from ``DescribeImages`` for as long, then ``pending`` for as long
+  again, as EC2 answers while it takes the snapshots;
 - makes EBS snapshots late, always: moto completes a snapshot at once, EBS does not (see
-  "Snapshots are late" below).
+  "Snapshots are late" below);
+- checks image requests against the cloud's state (:func:`check_image_request`: the instance's
+  state, the image name, the image and snapshot to delete), each rule sourced in its block.
 
 Everything else passes through unchanged (moto's own answers, every other service). The rule
 table is data: a rule names the actions it applies to, the query parameters it reads (a regular
@@ -400,6 +404,105 @@ def _created_snapshot_id(body: bytes) -> str | None:
     return (node.text or "").strip() if node is not None else None
 
 
+# -- saved images (issue 15): rules that need the cloud's state, and EC2's lag for images ---------
+#
+# Each rule below is sourced from AWS's documentation; they read moto's state (the front's
+# ``backend_of``, set by the simulated cloud), so they are functions rather than rows of RULES.
+# - CreateImage: "Creates an Amazon EBS-backed AMI from an Amazon EBS-backed instance that is
+#   either running or stopped" (API_CreateImage); any other state is IncorrectInstanceState
+#   ("The instance is in an incorrect state", errors-overview).
+# - CreateImage Name: "3-128 alphanumeric characters, parentheses (()), square brackets ([]),
+#   spaces ( ), periods (.), slashes (/), dashes (-), single quotes ('), at-signs (@), or
+#   underscores(_)" (API_CreateImage), else InvalidAMIName.Malformed; a name already used by an
+#   image of the account in the region is InvalidAMIName.Duplicate (errors-overview).
+# - DeregisterImage / DescribeImages by id of an image that does not exist: InvalidAMIID.NotFound
+#   (errors-overview); moto answers the same for deregister, the front also while an image lags.
+# - DeleteSnapshot of a snapshot a registered image uses: InvalidSnapshot.InUse ("DeregisterImage
+#   does not delete snapshots"; a snapshot of a registered AMI cannot be deleted, EBS user guide).
+
+IMAGE_SOURCES = {
+    "create": f"{_DOC}/API_CreateImage.html",
+    "errors": "https://docs.aws.amazon.com/ec2/latest/devguide/errors-overview.html",
+    "deregister": f"{_DOC}/API_DeregisterImage.html",
+}
+_AMI_NAME = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
+
+
+def check_image_request(action: str, params: Mapping[str, str], backend: Any) -> Refusal | None:
+    """The first image rule an EC2 request breaks against moto's ``backend``, or None."""
+    if action == "CreateImage":
+        name = params.get("Name", "")
+        if not _AMI_NAME.match(name):
+            return Refusal(
+                action, "image name", "InvalidAMIName.Malformed",
+                f"AMI names must be between 3 and 128 characters long, and may contain letters, "
+                f"numbers, '(', ')', '.', '-', '/', '@', '_', ' ', '[', ']' and \"'\": {name[:80]}",
+                "Name",
+            )  # fmt: skip
+        for ami in list(backend.amis.values()):
+            if ami.name == name and ami.owner_id == backend.account_id:
+                return Refusal(
+                    action, "image name unique", "InvalidAMIName.Duplicate",
+                    f"AMI name {name} is already in use by AMI {ami.id}", "Name",
+                )  # fmt: skip
+        instance_id = params.get("InstanceId", "")
+        try:
+            state = backend.get_instance(instance_id)._state.name
+        except Exception:  # noqa: BLE001 - moto answers the unknown id itself
+            return None
+        if state not in ("running", "stopped"):
+            return Refusal(
+                action, "image of a running or stopped instance", "IncorrectInstanceState",
+                f"The instance '{instance_id}' is not in a state from which it can be imaged "
+                f"(it is {state}).",
+                "InstanceId",
+            )  # fmt: skip
+    elif action == "DeregisterImage":
+        image_id = params.get("ImageId", "")
+        if image_id not in backend.amis:
+            return Refusal(
+                action, "deregister an existing image", "InvalidAMIID.NotFound",
+                f"The image id '[{image_id}]' does not exist", "ImageId",
+            )  # fmt: skip
+    elif action == "DeleteSnapshot":
+        snapshot_id = params.get("SnapshotId", "")
+        for ami in list(backend.amis.values()):
+            snapshot = getattr(ami, "ebs_snapshot", None)
+            if snapshot is not None and snapshot.id == snapshot_id:
+                return Refusal(
+                    action, "snapshot of a registered image", "InvalidSnapshot.InUse",
+                    f"The snapshot {snapshot_id} is currently in use by {ami.id}", "SnapshotId",
+                )  # fmt: skip
+    return None
+
+
+def _image_ids_in_create_answer(body: bytes) -> list[str]:
+    try:
+        root = ET.fromstring(body)  # noqa: S314 - moto's answer on loopback
+    except ET.ParseError:
+        return []
+    return [node.text or "" for node in root.iter() if _local(node.tag) == "imageId"]
+
+
+def _late_images(body: bytes, hidden: set[str], pending: set[str]) -> bytes:
+    """A DescribeImages answer without the hidden images, the pending ones marked pending."""
+    root = ET.fromstring(body)  # noqa: S314 - moto's answer on loopback
+    for parent in list(root.iter()):
+        for item in list(parent):
+            if _local(item.tag) != "item":
+                continue
+            ids = [c.text for c in item if _local(c.tag) == "imageId"]
+            if not ids:
+                continue
+            if ids[0] in hidden:
+                parent.remove(item)
+            elif ids[0] in pending:
+                for child in item:
+                    if _local(child.tag) == "imageState":
+                        child.text = "pending"
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
 # -- the front ------------------------------------------------------------------------------------
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
@@ -415,11 +518,14 @@ class StrictFront:
         self._lock = threading.Lock()
         self._lag = 0.0
         self._hidden_until: dict[str, float] = {}
+        self._images_created: dict[str, float] = {}  # image id -> when CreateImage answered
         self._refusals: list[Refusal] = []
         #: How many DescribeSnapshots answers a new snapshot stays ``pending`` in (≥ 1).
         self.snapshot_describes = 1
         self._snapshots: dict[str, list[Any]] = {}  # id → [describes left, final status]
         self._failing_snapshots = 0
+        #: moto's EC2 backend of a region, for the image rules (set by the simulated cloud).
+        self.backend_of: Callable[[str], Any] | None = None
         #: Called with (access key id, region, action, params) before an EC2 request passes; may
         #: answer an error (code, message, HTTP status) instead. The harness's IAM checks use it.
         self.authorizer: Callable[[str, str, str, Mapping[str, str]], tuple[str, str, int] | None]
@@ -474,6 +580,7 @@ class StrictFront:
             self._lag = float(seconds)
             if not seconds:
                 self._hidden_until.clear()
+                self._images_created.clear()
 
     @property
     def lag(self) -> float:
@@ -490,6 +597,7 @@ class StrictFront:
         with self._lock:
             self._lag = 0.0
             self._hidden_until.clear()
+            self._images_created.clear()
             self._refusals.clear()
             self.snapshot_describes = 1
             self._snapshots.clear()
@@ -538,6 +646,28 @@ class StrictFront:
                 else:
                     states[snapshot_id] = (final, "100%" if final == "completed" else "0%")
             return states
+
+    def _image_created(self, image_ids: list[str]) -> None:
+        with self._lock:
+            if self._lag > 0:
+                for image_id in image_ids:
+                    self._images_created[image_id] = time.monotonic()
+
+    def _late_images(self) -> tuple[set[str], set[str]]:
+        """(hidden, pending) images: missing for ``lag`` s after CreateImage, then pending for
+        as long again, as EC2 answers while it takes the snapshots."""
+        now = time.monotonic()
+        hidden, pending = set(), set()
+        with self._lock:
+            for image_id, created in list(self._images_created.items()):
+                age = now - created
+                if age < self._lag:
+                    hidden.add(image_id)
+                elif age < 2 * self._lag:
+                    pending.add(image_id)
+                else:
+                    del self._images_created[image_id]
+        return hidden, pending
 
     def _hidden(self) -> set[str]:
         now = time.monotonic()
@@ -592,11 +722,29 @@ class _FrontHandler(BaseHTTPRequestHandler):
                 self._answer(400, ec2_error_xml(refusal.code, refusal.message))
                 return
             key, region = _credential_of(headers)
+            if front.backend_of is not None and action in (
+                "CreateImage",
+                "DeregisterImage",
+                "DeleteSnapshot",
+            ):
+                refusal = check_image_request(action, params, front.backend_of(region or None))
+                if refusal is not None:
+                    front._record(refusal)
+                    self._answer(400, ec2_error_xml(refusal.code, refusal.message))
+                    return
             denied = front.authorizer(key, region, action, params)
             if denied is not None:
                 code, message, status = denied
                 self._answer(status, ec2_error_xml(code, message))
                 return
+            if action == "DescribeImages":
+                hidden_images = front._late_images()[0]
+                asked = [v for k, v in params.items() if re.match(r"^ImageId\.\d+$", k)]
+                missing = [i for i in asked if i in hidden_images]
+                if missing:
+                    message = f"The image id '[{', '.join(missing)}]' does not exist"
+                    self._answer(400, ec2_error_xml("InvalidAMIID.NotFound", message))
+                    return
             if action == "DescribeInstances":
                 hidden = front._hidden()
                 asked = [v for k, v in params.items() if re.match(r"^InstanceId\.\d+$", k)]
@@ -627,6 +775,12 @@ class _FrontHandler(BaseHTTPRequestHandler):
                     reply = _late_snapshots(reply, front._snapshot_states(False))
             elif action == "DescribeSnapshots":
                 reply = _late_snapshots(reply, front._snapshot_states(True))
+            elif action == "CreateImage":
+                front._image_created(_image_ids_in_create_answer(reply))
+            elif action == "DescribeImages":
+                hidden_images, pending_images = front._late_images()
+                if hidden_images or pending_images:
+                    reply = _late_images(reply, hidden_images, pending_images)
         self._answer(status, reply, reply_headers)
 
     def _forward(self, body: bytes, headers: dict[str, str]) -> tuple[int, list, bytes]:

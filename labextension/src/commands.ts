@@ -21,6 +21,7 @@ import {
   openInstance
 } from './actions';
 import { ec2Icon } from './icons';
+import type { ImagesModel } from './images';
 import { ACTION_LABELS, offers } from './instances';
 import { EC2Model } from './model';
 import { InstanceNotifier } from './notifications';
@@ -136,6 +137,7 @@ const PICK_LABELS: Readonly<Record<InstanceAction, string>> = {
   start: 'Start an EC2 Instance…',
   reconnect: 'Reconnect to an EC2 Instance…',
   resize: 'Resize an EC2 Instance…',
+  image: 'Save an EC2 Instance as an Image…',
   terminate: 'Terminate an EC2 Instance…',
   log: 'Show the Log of an EC2 Instance…'
 };
@@ -147,6 +149,7 @@ const PAST_PARTICIPLES: Readonly<Record<InstanceAction, string>> = {
   start: 'started',
   reconnect: 'reconnected',
   resize: 'resized',
+  image: 'saved as an image',
   terminate: 'terminated',
   log: 'shown'
 };
@@ -192,7 +195,8 @@ export function addCommands(
   model: EC2Model,
   tracker: PanelTracker,
   notifier: InstanceNotifier,
-  preflight?: PreflightModel
+  preflight?: PreflightModel,
+  images?: ImagesModel
 ): void {
   const { commands, shell } = app;
 
@@ -282,7 +286,8 @@ export function addCommands(
           model,
           commands,
           launch: request => launch(request, true),
-          preflight
+          preflight,
+          images
         });
         void tracker.add(widget);
         shell.add(widget, 'main');
@@ -408,6 +413,9 @@ export function addCommands(
         await model.refresh();
         notifier.watch(resizing.id, resizing.name);
       }
+    },
+    image: async instance => {
+      await commands.execute(CommandIDs.saveImage, { id: instance.id });
     },
     terminate: async instance => {
       if (!(await confirmTerminate(instance))) {

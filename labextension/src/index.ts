@@ -20,6 +20,7 @@ import { profileTiles } from './launcher';
 import { EC2Model } from './model';
 import { CostBar } from './costbar';
 import { IdleWarning } from './idlewarning';
+import { addImageCommands, ImagesModel } from './images';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
 import { profilePaletteItems } from './palette';
 import { addPreflightCommand, PreflightModel } from './preflight';
@@ -73,7 +74,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const preflight = new PreflightModel({
       serverSettings: app.serviceManager.serverSettings
     });
-    addCommands(app, model, tracker, notifier, preflight);
+    const images = new ImagesModel({
+      serverSettings: app.serviceManager.serverSettings
+    });
+    addCommands(app, model, tracker, notifier, preflight, images);
+    addImageCommands(app, model, images, palette);
     addPreflightCommand(app, preflight, palette);
     void preflight.check();
     new ErrorNotifier(model);

@@ -40,6 +40,7 @@ export function actionsFor(instance: IInstance): InstanceAction[] {
     'reconnect',
     'stop',
     'resize',
+    'image',
     'terminate',
     'log'
   ];
@@ -53,6 +54,7 @@ export const ACTION_LABELS: Readonly<Record<InstanceAction, string>> = {
   start: 'Start',
   reconnect: 'Reconnect',
   resize: 'Resize',
+  image: 'Save as image',
   terminate: 'Terminate',
   log: 'Show log'
 };

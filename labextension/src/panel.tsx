@@ -22,6 +22,7 @@ import {
   StatusBanner
 } from './components';
 import { ec2Icon } from './icons';
+import { ImagesModel, ImagesSection } from './images';
 import { EC2Model } from './model';
 import { PreflightModel } from './preflight';
 import {
@@ -45,6 +46,7 @@ export const ACTION_COMMANDS: Readonly<Record<InstanceAction, string>> = {
   start: CommandIDs.startInstance,
   reconnect: CommandIDs.reconnectInstance,
   resize: CommandIDs.resizeInstance,
+  image: CommandIDs.saveImage,
   terminate: CommandIDs.terminateInstance,
   log: CommandIDs.toggleLog
 };
@@ -56,11 +58,13 @@ export interface IPanelViewProps {
   launch: LaunchFunction;
   /** The "Check setup" results, when the preflight plugin runs. */
   preflight?: PreflightModel;
+  /** The saved images, shown in their own section. */
+  images?: ImagesModel;
 }
 
 /** The whole panel for one state of the model. */
 export function PanelView(props: IPanelViewProps): JSX.Element {
-  const { model, commands, launch, preflight } = props;
+  const { model, commands, launch, preflight, images } = props;
   const onSelect = (name: string): void => model.select(name);
   const onAction = (action: InstanceAction, instance: IInstance): void => {
     void commands.execute(ACTION_COMMANDS[action], { id: instance.id });
@@ -97,6 +101,11 @@ export function PanelView(props: IPanelViewProps): JSX.Element {
             </h2>
             <InstanceList model={model} onAction={onAction} />
           </section>
+          {images && (
+            <UseSignal signal={images.changed}>
+              {() => <ImagesSection images={images} commands={commands} />}
+            </UseSignal>
+          )}
           <section
             className="jp-ec2-section"
             aria-labelledby="jp-ec2-profiles-h"
@@ -142,6 +151,7 @@ export class EC2Panel extends ReactWidget {
     this._commands = options.commands;
     this._launch = options.launch;
     this._preflight = options.preflight;
+    this._images = options.images;
     this.addClass('jp-ec2-panel');
     this.node.dataset.testid = 'ec2-panel';
   }
@@ -158,6 +168,7 @@ export class EC2Panel extends ReactWidget {
             commands={this._commands}
             launch={this._launch}
             preflight={this._preflight}
+            images={this._images}
           />
         )}
       </UseSignal>
@@ -172,6 +183,7 @@ export class EC2Panel extends ReactWidget {
   private readonly _commands: CommandRegistry;
   private readonly _launch: LaunchFunction;
   private readonly _preflight?: PreflightModel;
+  private readonly _images?: ImagesModel;
 }
 
 /** Companion of {@link EC2Panel}. */
@@ -183,6 +195,8 @@ export namespace EC2Panel {
     launch: LaunchFunction;
     /** The "Check setup" results shown as a banner and in the launch form. */
     preflight?: PreflightModel;
+    /** The saved images (the "Images" section). */
+    images?: ImagesModel;
   }
 }
 

@@ -62,11 +62,26 @@ export namespace CommandIDs {
   export const toggleLog = 'jupyter-ec2:toggle-log';
   /** Change an instance's type on the same disk, in a dialog (arg `id`, else ask). */
   export const resizeInstance = 'jupyter-ec2:resize-instance';
+  /** Save an instance's disk as an image, asking the name and, if it runs, the reboot choice. */
+  export const saveImage = 'jupyter-ec2:save-image';
+  /** Launch an instance from a saved image (arg `image`; optional `profile`). */
+  export const launchFromImage = 'jupyter-ec2:launch-from-image';
+  /** Delete a saved image and its snapshots after a confirmation (arg `image`, else ask). */
+  export const deleteImage = 'jupyter-ec2:delete-image';
+  /** Reload the saved images from the server. */
+  export const refreshImages = 'jupyter-ec2:refresh-images';
 }
 
 /** What a user can do to an instance; also the buttons' `data-action`. */
 export type InstanceAction =
-  'open' | 'stop' | 'start' | 'reconnect' | 'resize' | 'terminate' | 'log';
+  | 'open'
+  | 'stop'
+  | 'start'
+  | 'reconnect'
+  | 'resize'
+  | 'image'
+  | 'terminate'
+  | 'log';
 
 /**
  * The actions the server may publish in `Instance.actions` (DESIGN.md §4). The panel shows a
@@ -245,4 +260,28 @@ export interface IResizeOptions {
   availability_zone: string | null;
   architecture: string | null;
   types: IResizeOption[];
+}
+
+/** A saved image (`GET images`, DESIGN.md §4 `Image`). */
+export interface IImage {
+  id: string;
+  name: string;
+  state: 'pending' | 'available' | 'failed';
+  source_instance: string | null;
+  created_at: string;
+  size_gb: number | null;
+  monthly_usd: number | null;
+  region?: string;
+  environment?: string | null;
+}
+
+/** The answer of `GET images`. */
+export interface IImagesReply {
+  images: IImage[];
+}
+
+/** The body of `POST instances/{id}/image`. */
+export interface IImageRequest {
+  name?: string;
+  reboot?: boolean;
 }
