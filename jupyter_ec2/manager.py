@@ -33,6 +33,7 @@ from .origin import remote_url as origin_url
 from .preflight import Preflight, point_to_check
 from .provision.params import remote_base_url
 from .reconcile import CLOSED, InstanceRecord, InstanceWatcher, StepError, _now
+from .workers import WorkerPool
 
 
 class LaunchManager(InstanceWatcher):
@@ -40,7 +41,7 @@ class LaunchManager(InstanceWatcher):
 
     #: The actions this manager carries out; a later issue adds its action here with its handler.
     implemented_actions = frozenset(
-        {"open", "start", "stop", "reconnect", "terminate", "keepalive"}
+        {"open", "start", "stop", "reconnect", "terminate", "keepalive", "workers"}
     )
 
     backend = Instance("jupyter_ec2.aws.EC2Backend", help="The EC2 layer.")
@@ -81,6 +82,7 @@ class LaunchManager(InstanceWatcher):
         self._budget_warned: float | None = None  # the month start of the last warning
         self._keep_until: dict[str, float] = {}  # instance id -> keepalive asked until (local)
         self.subscribe(self._feed_costs)
+        self.workers = WorkerPool(self)  # Dask workers follow their notebook's phase events
         self.preflight_checks = Preflight(
             self.backend,
             lambda: list(self.profiles.profiles.values()),
@@ -117,6 +119,7 @@ class LaunchManager(InstanceWatcher):
         self._closing = True
         tasks = [r.task for r in self.records.values() if r.task and not r.task.done()]
         tasks += [self._poller] if self._poller else []
+        await self.workers.close()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -194,6 +197,7 @@ class LaunchManager(InstanceWatcher):
             tunnel=tunnel,
             idle=self._idle_json(record),
             cost=self.costs.instance_cost(record.id, self.clock()),
+            **self.workers.instance_fields(record),
         )
 
     # -- costs ---------------------------------------------------------------------------------
