@@ -38,7 +38,6 @@ from .provision.dask import (
     DASHBOARD_PORT,
     build_dask_params,
     dashboard_prefix,
-    run_dask_setup,
 )
 
 if TYPE_CHECKING:
@@ -383,9 +382,7 @@ class WorkerPool:
             wheel_dir=manager.provisioner.wheel_dir,
             ready_timeout=self.ready_timeout,
         )
-        result = await manager._thread(
-            functools.partial(run_dask_setup, manager.provisioner, target, params)
-        )
+        result = await manager._thread(manager.provisioner.setup_dask, target, params)
         if cluster.scheduler != result.scheduler:
             manager._log(record, "dask", f"Dask scheduler at {result.scheduler}.")
         cluster.scheduler = result.scheduler
@@ -442,9 +439,7 @@ class WorkerPool:
                 ready_timeout=self.ready_timeout,
             )
             target = await manager._thread(self._worker_target, worker, cluster.region)
-            await manager._thread(
-                functools.partial(run_dask_setup, manager.provisioner, target, params)
-            )
+            await manager._thread(manager.provisioner.setup_dask, target, params)
             worker.provisioned = True
             worker.phase, worker.error = "ready", None
             manager._log(record, "workers", f"Dask worker {worker.id} is registered.")
