@@ -148,6 +148,8 @@ WITHOUT = {
     "SpotServiceLinkedRole": ("launch spot", "iam:CreateServiceLinkedRole"),
     # Read-only, used by "Check my AWS setup" only: without it those checks say "not checked".
     "Preflight": None,
+    # Used by Dask workers only: proven in test_workers.py (test_workers_need_the_workers_...).
+    "Workers": None,
 }
 
 

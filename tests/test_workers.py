@@ -447,3 +447,130 @@ async def test_a_profile_starts_its_workers_and_a_restart_finds_them_by_tags(
         assert set(fresh.records) == {instance_id}  # workers are not notebook instances
     finally:
         await fresh.stop()
+
+
+# -- IAM: the Workers statement of docs/iam-policy.json ------------------------------------------
+
+
+def _workers_lifecycle(backend) -> list[str]:
+    """Launch a notebook instance, add two workers, terminate all, delete the cluster group."""
+    from test_iam import _profile
+
+    done = []
+
+    def step(name, call, *args, **kwargs):
+        try:
+            result = call(*args, **kwargs)
+        except Exception as err:
+            err.step = name  # type: ignore[attr-defined]
+            raise
+        done.append(name)
+        return result
+
+    notebook = step("launch", backend.launch, _profile())
+    launched = step(
+        "workers", backend.launch_workers, notebook.instance_id, 2, launch_id="iam-workers-1"
+    )
+    step("terminate", backend.terminate, [notebook.instance_id, *launched.worker_ids])
+    step("delete group", backend.delete_cluster_group, notebook.instance_id)
+    return done
+
+
+def test_workers_pass_with_exactly_the_policy_and_fail_without_the_workers_statement(
+    jp_ec2_cloud, monkeypatch, tmp_path
+):
+    from test_iam import OWNER, POLICY
+
+    from jupyter_ec2.aws import EC2Backend
+    from jupyter_ec2.errors import PermissionDeniedError
+    from jupyter_ec2.store import StateStore
+    from jupyter_ec2.testing.iam import without_statements
+
+    def backend_for(policy, name):
+        for key, value in jp_ec2_cloud.iam_user(policy).items():
+            monkeypatch.setenv(key, value)
+        return EC2Backend(
+            endpoint_url=jp_ec2_cloud.endpoint_url,
+            ssh_cidrs=[CALLER],
+            owner_id=OWNER,
+            store=StateStore(tmp_path / name),
+            max_attempts=1,
+        )
+
+    # Given a user holding exactly the policy / When workers are added and removed / Then it passes
+    done = _workers_lifecycle(backend_for(POLICY, "whole"))
+    assert done == ["launch", "workers", "terminate", "delete group"]
+    # Given the policy without its Workers statement / When workers are added
+    with pytest.raises(PermissionDeniedError) as caught:
+        _workers_lifecycle(backend_for(without_statements(POLICY, ["Workers"]), "less"))
+    # Then adding them fails with a 502 naming the missing IAM action
+    assert caught.value.step == "workers"  # type: ignore[attr-defined]
+    assert caught.value.status == 502
+    assert "ec2:ModifyInstanceAttribute" in caught.value.message
+
+
+# -- the strict front's rules for the calls workers make (moto accepts these, AWS does not) ------
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "rule"),
+    [
+        ("RunInstances", {"MinCount": "3", "MaxCount": "2"}, "instance counts"),
+        ("RunInstances", {"MinCount": "0", "MaxCount": "2"}, "instance counts"),
+        (
+            "AuthorizeSecurityGroupIngress",
+            {"IpPermissions.1.IpProtocol": "-1", "IpPermissions.1.Groups.1.GroupName": "mine"},
+            "source group by id",
+        ),
+        (
+            "AuthorizeSecurityGroupIngress",
+            {
+                "IpPermissions.1.IpProtocol": "tcp",
+                "IpPermissions.1.Groups.1.GroupId": "sg-1234abcd",
+            },
+            "tcp and udp ports",
+        ),
+        (
+            "AuthorizeSecurityGroupIngress",
+            {
+                "IpPermissions.1.IpProtocol": "-1",
+                "IpPermissions.1.Groups.1.GroupId": "sg-1234abcd",
+                "IpPermissions.1.Groups.1.Description": "it's mine",
+            },
+            "security group rule description",
+        ),
+        (
+            "ModifyInstanceAttribute",
+            {"InstanceId": "i-1234abcd", "GroupId.1": "web"},
+            "instance groups by id",
+        ),
+    ],
+)
+def test_the_strict_front_refuses_what_aws_refuses_for_workers(action, params, rule):
+    # Given a request AWS refuses and moto accepts / When the front checks it
+    from jupyter_ec2.testing.strict import check_request
+
+    refusal = check_request(action, params)
+    # Then it is refused by the named rule with AWS's error code
+    assert refusal is not None and refusal.rule == rule
+    assert refusal.code == "InvalidParameterValue"
+
+
+def test_the_strict_front_accepts_the_requests_workers_make():
+    # Given what the EC2 layer sends for workers / Then the front lets each through
+    from jupyter_ec2.testing.strict import check_request
+
+    assert check_request("RunInstances", {"MinCount": "2", "MaxCount": "2"}) is None
+    self_rule = {
+        "GroupId": "sg-1234abcd",
+        "IpPermissions.1.IpProtocol": "-1",
+        "IpPermissions.1.Groups.1.GroupId": "sg-1234abcd",
+        "IpPermissions.1.Groups.1.Description": "jupyter-ec2 cluster: members of this group only",
+        "IpPermissions.2.IpProtocol": "tcp",
+        "IpPermissions.2.FromPort": "22",
+        "IpPermissions.2.ToPort": "22",
+        "IpPermissions.2.IpRanges.1.CidrIp": CALLER,
+    }
+    assert check_request("AuthorizeSecurityGroupIngress", self_rule) is None
+    groups = {"InstanceId": "i-1234abcd", "GroupId.1": "sg-1234abcd", "GroupId.2": "sg-5678abcd"}
+    assert check_request("ModifyInstanceAttribute", groups) is None
