@@ -123,8 +123,10 @@ step_service() {
   trap "rm -rf -- '$work'" EXIT
   local exec_start
   if [[ ${P[role]} == scheduler ]]; then
-    check_word "${P[dashboard_prefix]}"
-    exec_start="$PY -m dask scheduler --host $HOST --port ${P[scheduler_port]} --dashboard-address 127.0.0.1:${P[dashboard_port]} --dashboard-prefix ${P[dashboard_prefix]}"
+    local prefix=${P[dashboard_prefix]}
+    [[ $prefix =~ ^/[A-Za-z0-9._~%/+-]*$ ]] || die "the dashboard path $prefix cannot go into a systemd unit"
+    prefix=${prefix//%/%%} # systemd reads % as a specifier: a base_url such as /a%40b/ needs %%
+    exec_start="$PY -m dask scheduler --host $HOST --port ${P[scheduler_port]} --dashboard-address 127.0.0.1:${P[dashboard_port]} --dashboard-prefix $prefix"
   else
     check_word "${P[scheduler_address]}"
     exec_start="$PY -m dask worker ${P[scheduler_address]} --host $HOST --name $ID --no-dashboard --local-directory $NB_HOME/.jupyter-ec2/$ID/dask"
