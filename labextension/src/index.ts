@@ -22,6 +22,7 @@ import { CostBar } from './costbar';
 import { IdleWarning } from './idlewarning';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
 import { profilePaletteItems } from './palette';
+import { addWorkersCommand } from './workers';
 import { addPreflightCommand, PreflightModel } from './preflight';
 import {
   CATEGORY,
@@ -75,6 +76,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     addCommands(app, model, tracker, notifier, preflight);
     addPreflightCommand(app, preflight, palette);
+    addWorkersCommand(app, model, palette);
     void preflight.check();
     new ErrorNotifier(model);
     new IdleWarning(model);
