@@ -574,3 +574,24 @@ def test_the_strict_front_accepts_the_requests_workers_make():
     assert check_request("AuthorizeSecurityGroupIngress", self_rule) is None
     groups = {"InstanceId": "i-1234abcd", "GroupId.1": "sg-1234abcd", "GroupId.2": "sg-5678abcd"}
     assert check_request("ModifyInstanceAttribute", groups) is None
+
+
+def test_the_dashboard_forward_trusts_the_notebook_instances_pinned_key(tmp_path):
+    # Given a pinned host key for a notebook instance
+    from jupyter_ec2.keys import generate_ed25519
+    from jupyter_ec2.provision.ssh import SSHTarget
+    from jupyter_ec2.store import StateStore
+    from jupyter_ec2.workers import dashboard_key
+
+    store = StateStore(tmp_path / "state")
+    pinned = generate_ed25519().public_openssh
+    store.pin_host_key("i-0123456789abcdef0", pinned)
+    stale = SSHTarget(
+        host="198.51.100.7",
+        host_public_key=generate_ed25519().public_openssh,
+        client_key=store.load_or_create_key_pair(),
+    )
+    # When the dashboard's forward (keyed "<id>-dask") asks whom to trust
+    target = TunnelManager(store=store).current_target(dashboard_key("i-0123456789abcdef0"), stale)
+    # Then it is the instance's own pinned key
+    assert target.host_public_key.split()[:2] == pinned.split()[:2]
