@@ -595,3 +595,51 @@ def test_the_dashboard_forward_trusts_the_notebook_instances_pinned_key(tmp_path
     target = TunnelManager(store=store).current_target(dashboard_key("i-0123456789abcdef0"), stale)
     # Then it is the instance's own pinned key
     assert target.host_public_key.split()[:2] == pinned.split()[:2]
+
+
+async def test_the_proxy_sends_the_dashboard_path_to_the_dashboard_forward(
+    jp_fetch, jp_base_url, manager
+):
+    # Given a notebook instance with a worker, its dashboard forward ending at a local HTTP
+    # server that stands in for the scheduler's dashboard (the real one: test_workers_e2e.py)
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Dashboard(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            seen.append(self.path)
+            body = b"<html>dask dashboard</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dashboard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        instance_id = await ready_instance(jp_fetch, manager)
+        await api(jp_fetch, "instances", instance_id, "workers", method="POST", body={"count": 1})
+        inst = await until_workers(jp_fetch, instance_id, {"ready"}, 1)
+        manager.tunnels.open_forwards[f"{instance_id}-dask"].local_port = server.server_port
+        # When the dashboard URL of the Instance is fetched through the proxy
+        path = inst["dask"]["dashboard_url"][len(jp_base_url) :]
+        response = await jp_fetch(*path.split("/"))
+        # Then the dashboard's forward answered, with the whole path (nothing rewritten)
+        assert response.code == 200 and b"dask dashboard" in response.body
+        assert seen == [inst["dask"]["dashboard_url"]]
+        # And a path outside dask/ still goes to the notebook's own forward, not the dashboard
+        from tornado.httpclient import HTTPClientError
+
+        with pytest.raises(HTTPClientError) as caught:  # the fake notebook forward has no server
+            await jp_fetch("jupyter-ec2", "remote", instance_id, "api", "status")
+        assert caught.value.code in (502, 503, 504)
+        assert len(seen) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
