@@ -289,9 +289,13 @@ class WorkerPool:
         """Terminate every worker; with ``forget`` also the cluster group, once they are gone."""
         await self._cancel(cluster)
         await self._close_dashboard(cluster.notebook_id)
-        live = cluster.live()
-        for worker in live:
-            worker.phase = "terminating"
+        live = []
+        for worker in cluster.live():
+            if worker.ec2_state == "terminated":  # a failed one, terminated already
+                worker.phase = "terminated"
+            else:
+                worker.phase = "terminating"
+                live.append(worker)
         if live:
             try:
                 await self.manager._thread(
@@ -349,16 +353,27 @@ class WorkerPool:
                 for worker in stopped:
                     worker.phase, worker.ec2_state = "booting", "pending"
                 manager._changed.set()
-            await self._ensure_scheduler(cluster, record)
-        except asyncio.CancelledError:
-            raise
         except EC2LauncherError as err:
-            self._note(cluster, f"The Dask scheduler could not be set up: {err.message}")
-            for worker in cluster.live():
-                await self._fail_worker(cluster, worker, f"No scheduler: {err.message}")
-            return
+            self._note(cluster, f"The workers could not be started: {err.message}")
+        # The scheduler is set up while the workers boot and get their environment: a worker
+        # waits for it only before its own dask worker service.
+        scheduler = asyncio.ensure_future(self._ensure_scheduler(cluster, record))
         pending = [w for w in cluster.live() if w.phase not in ("ready", "failed")]
-        await asyncio.gather(*(self._bring_up_worker(cluster, w) for w in pending))
+        try:
+            await asyncio.gather(
+                *(self._bring_up_worker(cluster, w, scheduler) for w in pending),
+                asyncio.shield(scheduler),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:
+            scheduler.cancel()
+            raise
+        failure = None if scheduler.cancelled() else scheduler.exception()
+        if isinstance(failure, EC2LauncherError):
+            self._note(cluster, f"The Dask scheduler could not be set up: {failure.message}")
+            for worker in cluster.live():
+                if worker.phase not in ("failed", "terminating", "terminated"):
+                    await self._fail_worker(cluster, worker, f"No scheduler: {failure.message}")
         self._save(cluster)
         if cluster.again:
             self._ensure(cluster)
@@ -397,7 +412,9 @@ class WorkerPool:
         )
         self._save(cluster)
 
-    async def _bring_up_worker(self, cluster: Cluster, worker: Worker) -> None:
+    async def _bring_up_worker(
+        self, cluster: Cluster, worker: Worker, scheduler: asyncio.Future
+    ) -> None:
         manager = self.manager
         record = manager.records.get(cluster.notebook_id)
         if record is None:
@@ -428,6 +445,10 @@ class WorkerPool:
                     fast=worker.provisioned,
                 )
             )
+            try:
+                await asyncio.shield(scheduler)
+            except EC2LauncherError as err:
+                raise EC2LauncherError(f"No scheduler: {err.message}") from None
             params = build_dask_params(
                 role="worker",
                 instance_id=worker.id,
@@ -532,11 +553,14 @@ class WorkerPool:
         changed |= manager.costs.set_hourly(worker.id, price, now)
         if changed:
             manager._save_costs()
+        if inst.state == "terminated" and worker.phase == "terminating":
+            worker.phase = "terminated"
+            self._save(cluster)
         if inst.state == worker.ec2_state:
             return
         worker.ec2_state = inst.state
         if inst.state == "terminated":
-            if worker.phase != "failed":
+            if worker.phase != "failed":  # a failed one stays reported until it is removed
                 worker.phase = "terminated"
             self._save(cluster)
         elif inst.state == "stopped" and worker.phase not in ("failed", "terminating"):
