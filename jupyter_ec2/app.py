@@ -29,6 +29,7 @@ from .handlers import (
     ResizeHandler,
     ResizeOptionsHandler,
     SnapshotsHandler,
+    WorkersHandler,
 )
 from .models import IMAGE_ID_PATTERN, INSTANCE_ID_PATTERN, ProfileSet, load_profiles
 from .origin import (
@@ -46,6 +47,7 @@ from .proxy import (
     close_upstream_pool,
     remote_handlers,
 )
+from .workers import DASHBOARD_SUFFIX
 
 API_PREFIX = "jupyter-ec2/api"
 
@@ -73,6 +75,7 @@ class EC2Launcher(ExtensionApp):
             rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/resize-options",
             ResizeOptionsHandler,
         ),
+        (rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/workers", WorkersHandler),
         (
             rf"/{API_PREFIX}/instances/({INSTANCE_ID_PATTERN})/(start|stop|reconnect)",
             InstanceActionHandler,
@@ -291,7 +294,12 @@ class EC2Launcher(ExtensionApp):
 
         def remote_lookup(instance_id: str) -> RemoteEndpoint | None:
             # Looked up per request, so a restarted manager or a moved forward needs no re-route.
-            found = self.manager.remote_endpoint(instance_id)
+            if instance_id.endswith(DASHBOARD_SUFFIX):  # the Dask dashboard (docs/dask.md)
+                found = self.manager.workers.dashboard_endpoint(
+                    instance_id[: -len(DASHBOARD_SUFFIX)]
+                )
+            else:
+                found = self.manager.remote_endpoint(instance_id)
             if found is None:
                 return None
             local_port, token, state = found

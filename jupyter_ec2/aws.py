@@ -2094,6 +2094,156 @@ class EC2Backend(LoggingConfigurable):
             code="InvalidAMIID.NotFound",
         )
 
+    # -- Dask workers (jupyter_ec2.workers): the cluster group, launching and listing workers ----
+
+    def cluster_group(self, notebook_id: str, region: str | None = None) -> str | None:
+        """The id of a notebook instance's cluster group, or None when it has none."""
+        region = validate_region(region or self.region)
+        ec2 = self.client(region)
+        name = cluster_group_name(self.owner_id, notebook_id)
+        with self._aws("find the cluster security group", region):
+            groups = ec2.describe_security_groups(
+                Filters=[{"Name": "group-name", "Values": [name]}]
+            ).get("SecurityGroups", [])
+        return groups[0]["GroupId"] if groups else None
+
+    def ensure_cluster_group(self, notebook_id: str, region: str | None = None) -> str:
+        """The cluster group of a notebook instance, created if needed, its rules made exact.
+
+        Exactly two kinds of ingress: tcp/22 from the SSH sources (``ssh_cidrs``) and all
+        traffic from members of the group itself. The scheduler's and dashboard's ports are
+        never opened to any address range. The notebook instance joins the group.
+        """
+        region = validate_region(region or self.region)
+        notebook = self.owned([notebook_id], region)[0]
+        if not notebook.vpc_id:
+            raise CloudError(f"Instance {notebook_id} is in no VPC.", code="NoVpc")
+        cidrs = self.ssh_access_cidrs()
+        ec2 = self.client(region)
+        owner = self.owner_id
+        name = cluster_group_name(owner, notebook_id)
+        tags = {**owner_tags(owner), TAG_NAME: name, TAG_WORKER_OF: notebook_id}
+        with self._group_lock, self._aws("set up the cluster security group", region):
+            group = self._find_group(ec2, notebook.vpc_id, name)
+            if group is None:
+                group_id = ec2.create_security_group(
+                    GroupName=name,
+                    Description=CLUSTER_GROUP_DESCRIPTION,
+                    VpcId=notebook.vpc_id,
+                    TagSpecifications=[
+                        {
+                            "ResourceType": "security-group",
+                            "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                        }
+                    ],
+                )["GroupId"]
+                group = {"GroupId": group_id, "IpPermissions": []}
+            group_id = group["GroupId"]
+            revoke, grant = plan_cluster_ingress(group.get("IpPermissions") or [], group_id, cidrs)
+            if revoke:
+                ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=revoke)
+            if grant:
+                ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=grant)
+            if group_id not in notebook.security_group_ids:
+                ec2.modify_instance_attribute(
+                    InstanceId=notebook_id, Groups=[*notebook.security_group_ids, group_id]
+                )
+        return group_id
+
+    def launch_workers(
+        self,
+        notebook_id: str,
+        count: int,
+        instance_type: str | None = None,
+        *,
+        launch_id: str,
+        volume_gb: int = 30,
+        region: str | None = None,
+    ) -> WorkerLaunch:
+        """Launch ``count`` workers next to a notebook instance: same image, subnet and key.
+
+        All or none (one ``RunInstances``, ``MinCount`` = ``MaxCount``), idempotent per
+        ``launch_id`` (the ``ClientToken``). The handed-over host key is shared by the workers
+        of one call and replaced on each worker at its first verified connection
+        (``Provisioner.rotate_host_key``); each worker's id is pinned to it.
+        """
+        region = validate_region(region or self.region)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 20:
+            raise ValidationError("count", "count must be a whole number from 1 to 20.")
+        launch_id = validate_launch_id(launch_id)
+        store = self._require_store()
+        notebook = self.owned([notebook_id], region)[0]
+        instance_type = instance_type or notebook.instance_type
+        architecture = self.instance_type_architecture(instance_type, region)
+        if notebook.architecture and architecture != notebook.architecture:
+            raise ValidationError(
+                "instance_type",
+                f"{instance_type} is {architecture} but the notebook instance's image is "
+                f"{notebook.architecture}: pick a {notebook.architecture} instance type.",
+            )
+        if not notebook.image_id or not notebook.key_name:
+            raise CloudError(
+                f"Instance {notebook_id} reports no image or key pair to launch workers with.",
+                code="IncompleteInstance",
+            )
+        ec2 = self.client(region)
+        with self._aws("find the notebook instance's image", region):
+            images = ec2.describe_images(ImageIds=[notebook.image_id]).get("Images", [])
+        if not images:
+            raise CloudError(
+                f"The image {notebook.image_id} of {notebook_id} no longer exists.",
+                code="InvalidAMIID.NotFound",
+            )
+        group_id = self.ensure_cluster_group(notebook_id, region)
+        host_key = generate_ed25519(comment="jupyter-ec2-worker-host")
+        params = build_worker_run_params(
+            notebook_id=notebook_id,
+            image=image_info(images[0]),
+            instance_type=instance_type,
+            count=count,
+            key_name=notebook.key_name,
+            group_id=group_id,
+            subnet_id=notebook.subnet_id,
+            user_data=build_user_data(host_key),
+            launch_id=launch_id,
+            owner_id=self.owner_id,
+            label=validate_label(f"{(notebook.name or notebook_id)[:100]} worker"),
+            volume_gb=volume_gb,
+        )
+        with self._aws("launch the Dask workers", region):
+            answer = ec2.run_instances(**params)
+        ids = tuple(i["InstanceId"] for i in answer.get("Instances", []))
+        for worker_id in ids:
+            store.pin_host_key(worker_id, host_key.public_openssh)
+        self.log.info("Launched %d worker(s) of %s: %s", len(ids), notebook_id, ", ".join(ids))
+        return WorkerLaunch(ids, group_id, instance_type, notebook.image_id)
+
+    def list_workers(self, notebook_id: str, region: str | None = None) -> list[ManagedInstance]:
+        """The live worker instances of a notebook instance, found by their tags."""
+        filters = [
+            *owner_filters(self.owner_id, include_terminated=False),
+            {"Name": f"tag:{TAG_WORKER_OF}", "Values": [validate_instance_id(notebook_id)]},
+        ]
+        return self._describe(region, filters)
+
+    def delete_cluster_group(self, notebook_id: str, region: str | None = None) -> bool:
+        """Delete a notebook instance's cluster group; False while an instance still uses it."""
+        group_id = self.cluster_group(notebook_id, region)
+        if group_id is None:
+            return True
+        region = validate_region(region or self.region)
+        ec2 = self.client(region)
+        try:
+            with self._aws("delete the cluster security group", region):
+                ec2.delete_security_group(GroupId=group_id)
+        except CloudError as err:
+            if err.code in ("DependencyViolation", "InvalidGroup.InUse"):
+                return False
+            if err.code == "InvalidGroup.NotFound":
+                return True
+            raise
+        return True
+
 
 def _state_changes(items: Iterable[Mapping[str, Any]]) -> list[StateChange]:
     return [
@@ -2104,3 +2254,119 @@ def _state_changes(items: Iterable[Mapping[str, Any]]) -> list[StateChange]:
         )
         for item in items
     ]
+
+
+# -- Dask workers: pure builders ------------------------------------------------------------------
+
+#: The tag that marks a worker instance and names its notebook instance (re-discovery by tags).
+TAG_WORKER_OF = "jupyter-ec2:worker-of"
+CLUSTER_GROUP_DESCRIPTION = (
+    "jupyter-ec2 Dask cluster: all traffic between members, SSH from this machine only"
+)
+CLUSTER_SELF_RULE_DESCRIPTION = "jupyter-ec2 cluster: members of this group only"
+
+
+def cluster_group_name(owner_id: str, notebook_id: str) -> str:
+    """The security group of one notebook instance's Dask cluster."""
+    return f"jupyter-ec2-{owner_id}-cluster-{validate_instance_id(notebook_id)}"
+
+
+def worker_of(inst: ManagedInstance) -> str | None:
+    """The notebook instance a worker instance belongs to, or None for a notebook instance."""
+    value = inst.tags.get(TAG_WORKER_OF)
+    return value or None
+
+
+def build_self_permission(group_id: str) -> dict[str, Any]:
+    """All traffic (every protocol and port) from members of ``group_id`` itself."""
+    return {
+        "IpProtocol": "-1",
+        "UserIdGroupPairs": [{"GroupId": group_id, "Description": CLUSTER_SELF_RULE_DESCRIPTION}],
+    }
+
+
+def plan_cluster_ingress(
+    current: Iterable[Mapping[str, Any]], group_id: str, cidrs: Mapping[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(revoke, authorize) so a cluster group holds exactly tcp/22 from ``cidrs`` + itself.
+
+    The self rule is all traffic from the group's own id; anything else that names a group,
+    any other port or any other source is revoked, as :func:`plan_ingress` does for SSH.
+    """
+    has_self = False
+    rest: list[dict[str, Any]] = []
+    for perm in current:
+        pairs = perm.get("UserIdGroupPairs") or []
+        mine = [p for p in pairs if p.get("GroupId") == group_id]
+        if perm.get("IpProtocol") == "-1" and mine:
+            has_self = True
+            perm = {**perm, "UserIdGroupPairs": [p for p in pairs if p.get("GroupId") != group_id]}
+        rest.append(dict(perm))
+    revoke, authorize = plan_ingress(rest, cidrs)
+    grant = build_ssh_permissions(authorize)
+    if not has_self:
+        grant.append(build_self_permission(group_id))
+    return revoke, grant
+
+
+def build_worker_run_params(
+    *,
+    notebook_id: str,
+    image: ImageInfo,
+    instance_type: str,
+    count: int,
+    key_name: str,
+    group_id: str,
+    subnet_id: str | None,
+    user_data: str,
+    launch_id: str,
+    owner_id: str,
+    label: str,
+    volume_gb: int,
+    user_tags: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """``run_instances`` parameters of ``count`` hardened workers in one call (pure, no AWS).
+
+    ``MinCount`` equals ``MaxCount``: EC2 launches all of them or none, so a capacity shortage
+    never leaves part of a cluster running. The hardening is the notebook instance's: IMDSv2
+    only, an encrypted gp3 root volume, the host key handed over in the user-data.
+    """
+    tags = build_instance_tags(
+        owner_id=owner_id,
+        profile_name="worker",
+        launch_id=launch_id,
+        label=label,
+        user_tags=user_tags,
+    )
+    tags[TAG_WORKER_OF] = notebook_id
+    params: dict[str, Any] = {
+        "ImageId": image.image_id,
+        "InstanceType": instance_type,
+        "MinCount": count,
+        "MaxCount": count,
+        "KeyName": key_name,
+        "SecurityGroupIds": [group_id],
+        "UserData": user_data,
+        "ClientToken": launch_id,
+        "InstanceInitiatedShutdownBehavior": "stop",
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 1,
+        },
+        "BlockDeviceMappings": build_block_device_mappings(image.root_device_name, volume_gb),
+        "TagSpecifications": build_tag_specifications(tags),
+    }
+    if subnet_id:
+        params["SubnetId"] = subnet_id
+    return params
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """What :meth:`EC2Backend.launch_workers` created: the worker ids and the cluster group."""
+
+    worker_ids: tuple[str, ...]
+    group_id: str
+    instance_type: str
+    image_id: str

@@ -259,6 +259,27 @@ class ImageHandler(EC2APIHandler):
         self.write_json(await manager.images.delete(image_id), status=202)
 
 
+class WorkersHandler(EC2APIHandler):
+    """``POST instances/{id}/workers`` adds Dask workers; ``DELETE`` removes them (docs/dask.md)."""
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def post(self, instance_id: str) -> None:
+        """Add Dask workers (1–20) next to a ready instance; answers 202 while they come up."""
+        body = self.json_body()
+        manager = await self.manager()
+        self.write_json(await manager.workers.add(instance_id, body), status=202)
+
+    @web.authenticated
+    @authorized
+    @api_errors
+    async def delete(self, instance_id: str) -> None:
+        """Terminate every Dask worker of the instance; answers 202."""
+        manager = await self.manager()
+        self.write_json(await manager.workers.remove(instance_id), status=202)
+
+
 class PreflightHandler(EC2APIHandler):
     """``GET preflight?refresh=1``: the setup checks (credentials … ssh_client), in order."""
 

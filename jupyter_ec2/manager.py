@@ -38,6 +38,7 @@ from .preflight import Preflight, point_to_check
 from .provision.params import remote_base_url
 from .reconcile import CLOSED, InstanceRecord, InstanceWatcher, StepError, _now
 from .resize import SUGGESTED_TYPES, Resizer, start_resize
+from .workers import WorkerPool
 
 
 class LaunchManager(InstanceWatcher):
@@ -45,7 +46,17 @@ class LaunchManager(InstanceWatcher):
 
     #: The actions this manager carries out; a later issue adds its action here with its handler.
     implemented_actions = frozenset(
-        {"open", "start", "stop", "reconnect", "terminate", "keepalive", "resize", "image"}
+        {
+            "open",
+            "start",
+            "stop",
+            "reconnect",
+            "terminate",
+            "keepalive",
+            "resize",
+            "image",
+            "workers",
+        }
     )
 
     backend = Instance("jupyter_ec2.aws.EC2Backend", help="The EC2 layer.")
@@ -91,6 +102,7 @@ class LaunchManager(InstanceWatcher):
         self.subscribe(self.forgotten.on_event)
         self.resizer = Resizer(self.backend, self.prices)
         self.images = SavedImages(self)  # POST instances/{id}/image, GET/DELETE images
+        self.workers = WorkerPool(self)  # Dask workers follow their notebook's phase events
         self.preflight_checks = Preflight(
             self.backend,
             lambda: list(self.profiles.profiles.values()),
@@ -132,6 +144,7 @@ class LaunchManager(InstanceWatcher):
         self._closing = True
         tasks = [r.task for r in self.records.values() if r.task and not r.task.done()]
         tasks += [self._poller] if self._poller else []
+        await self.workers.close()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -212,6 +225,7 @@ class LaunchManager(InstanceWatcher):
             tunnel=tunnel,
             idle=self._idle_json(record),
             cost=self.costs.instance_cost(record.id, self.clock()),
+            **self.workers.instance_fields(record),
         ) | self.forgotten.fields(record)
 
     # -- costs ---------------------------------------------------------------------------------

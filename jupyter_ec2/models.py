@@ -47,6 +47,7 @@ PROFILE_FIELDS = (
     "environment",
     "idle_stop_minutes",
     "tags",
+    "workers",
 )
 
 #: Image aliases the EC2 layer resolves to the newest Canonical image.
@@ -323,6 +324,40 @@ def validate_environment(value: Any) -> dict[str, Any]:
     return env
 
 
+#: The most Dask workers one notebook instance may have (DESIGN.md §4: n is 1–20).
+MAX_WORKERS = 20
+
+
+def validate_workers(body: Any, *, field_prefix: str = "") -> dict[str, Any]:
+    """The workers of a request or profile: ``{"count": n, "instance_type"?: t}``, n 1–20."""
+    name = field_prefix or "body"
+    if not isinstance(body, dict):
+        raise ValidationError(name, 'Workers must be a JSON object like {"count": 2}.')
+    unknown = sorted(set(body) - {"count", "instance_type"})
+    if unknown:
+        raise ValidationError(
+            f"{field_prefix}{str(unknown[0])[:40]}", f"Unknown field {unknown[0]!r:.40}."
+        )
+    if "count" not in body:
+        raise ValidationError(f"{field_prefix}count", f"count is required (1 to {MAX_WORKERS}).")
+    count = _expect(body["count"], int, f"{field_prefix}count", "a whole number of workers")
+    if not 1 <= count <= MAX_WORKERS:
+        raise ValidationError(
+            f"{field_prefix}count", f"count must be from 1 to {MAX_WORKERS}, not {count}."
+        )
+    clean: dict[str, Any] = {"count": count}
+    if body.get("instance_type") is not None:
+        try:
+            clean["instance_type"] = validate_instance_type(body["instance_type"])
+        except ValidationError as err:
+            raise ValidationError(f"{field_prefix}instance_type", err.message) from None
+    return clean
+
+
+def _profile_workers(value: Any) -> dict[str, Any] | None:
+    return None if value is None else validate_workers(value, field_prefix="workers.")
+
+
 _FIELD_VALIDATORS = {
     "display_name": validate_display_name,
     "region": validate_region,
@@ -333,6 +368,7 @@ _FIELD_VALIDATORS = {
     "environment": validate_environment,
     "idle_stop_minutes": validate_idle_stop_minutes,
     "tags": validate_tags,
+    "workers": _profile_workers,
 }
 
 
@@ -367,6 +403,8 @@ class Profile:
     environment: dict[str, Any] = field(default_factory=lambda: {"kind": "pip", "packages": []})
     idle_stop_minutes: float = 60
     tags: dict[str, str] = field(default_factory=dict)
+    #: Dask workers started with the instance (``{"count", "instance_type"}``), or None.
+    workers: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, name: Any, values: Any, defaults: Mapping[str, Any]) -> Profile:
@@ -584,6 +622,8 @@ class Instance:
         tunnel: dict[str, Any] | None = None,
         idle: dict[str, Any] | None = None,
         cost: dict[str, Any] | None = None,
+        workers: list[dict[str, Any]] | None = None,
+        dask: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The API ``Instance`` (DESIGN.md §4)."""
         return {
@@ -608,6 +648,8 @@ class Instance:
             "cost": cost
             if cost is not None
             else {"so_far_usd": None, "stopped_monthly_usd": None, "estimate": True},
+            "workers": workers or [],
+            "dask": dask,
         }
 
 

@@ -582,7 +582,11 @@ class RelayHandler(websocket.WebSocketHandler):
     def find_endpoint(self, instance_id: str) -> None:
         """Look the instance's forward up: 404 unknown, 503 not up."""
         lookup: Callable[[str], RemoteEndpoint | None] | None = self.settings.get(LOOKUP_SETTING)
-        endpoint = lookup(instance_id) if lookup is not None else None
+        key = instance_id
+        dashboard = url_path_join(remote_base_url(self.settings.get("base_url", "/"), key), "dask")
+        if self.request.path == dashboard or self.request.path.startswith(dashboard + "/"):
+            key = instance_id + "/dask"  # the Dask dashboard's own forward (docs/dask.md)
+        endpoint = lookup(key) if lookup is not None else None
         if endpoint is None:
             raise web.HTTPError(404, f"No remote notebook for instance {instance_id!r}.")
         if endpoint.state != "up":

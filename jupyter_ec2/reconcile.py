@@ -192,6 +192,9 @@ class InstanceWatcher(LoggingConfigurable):
         for region in self._regions():
             found = await self._thread(self.backend.list_instances, region)
             self.aws_calls += 1
+            pool = getattr(self, "workers", None)  # Dask workers are their notebook's, not ours
+            if pool is not None:
+                found = await pool.take(found)
             seen = {inst.instance_id for inst in found}
             for inst in found:
                 record = self.records.get(inst.instance_id)

@@ -1124,6 +1124,9 @@ class TunnelManager(LoggingConfigurable):
 
     def current_target(self, instance_id: str, target: SSHTarget) -> SSHTarget:
         """``target`` with the host key pinned for the instance now (the store's, if any)."""
+        # A second forward to the same instance is keyed "<instance id>-<name>" (the Dask
+        # dashboard's, jupyter_ec2.workers): it trusts the instance's own pinned key.
+        instance_id = instance_id.split("-dask", 1)[0]
         pinned = self.store.pinned_host_key(instance_id) if self.store is not None else None
         if pinned and pinned != " ".join(target.host_public_key.split()[:2]):
             return dataclasses.replace(target, host_public_key=pinned)

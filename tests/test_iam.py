@@ -164,6 +164,8 @@ WITHOUT = {
     "Images": ("image", "ec2:CreateImage"),
     "ImagesTagOnCreate": ("image", "ec2:CreateTags"),
     "ImagesDeleteManaged": ("delete image", "ec2:DeregisterImage"),
+    # Used by Dask workers only: proven in test_workers.py (test_workers_need_the_workers_...).
+    "Workers": None,
 }
 
 

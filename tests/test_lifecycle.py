@@ -180,7 +180,16 @@ async def test_launch_ready_open_stop_start_terminate(
     once_a_second = _watch_once_a_second(jp_fetch, instance_id)
     ready = await _wait_phase(jp_fetch, instance_id, {"ready"}, seen)
     assert "connecting" in await _stop(once_a_second)
-    assert ready["actions"] == ["open", "reconnect", "stop", "resize", "keepalive", "terminate"]
+    assert ready["actions"] == [
+        "open",
+        "reconnect",
+        "stop",
+        "resize",
+        "keepalive",
+        "image",
+        "workers",
+        "terminate",
+    ]
     assert ready["pending"] is False
     order = ["launching", "booting", "connecting", "provisioning", "starting", "ready"]
     assert [p for p in seen if p in order] == sorted(set(seen) & set(order), key=order.index)

@@ -319,7 +319,16 @@ async def test_a_launch_walks_every_phase_and_publishes_actions(
     ]
     assert manager.refused_transitions == 0
     # And the ready instance says what is allowed, that nothing is pending, and where to open it
-    assert ready["actions"] == ["open", "reconnect", "stop", "resize", "keepalive", "terminate"]
+    assert ready["actions"] == [
+        "open",
+        "reconnect",
+        "stop",
+        "resize",
+        "keepalive",
+        "image",
+        "workers",
+        "terminate",
+    ]
     assert ready["pending"] is False
     # On a loopback server the notebook is on the instance's own origin (remote_origin "auto").
     assert ready["url"].startswith(f"http://{inst['id']}.localhost:")

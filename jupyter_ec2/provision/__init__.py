@@ -878,6 +878,17 @@ class Provisioner(LoggingConfigurable):
             fast=True,
         )
 
+    def setup_dask(
+        self,
+        target: SSHTarget,
+        params: Mapping[str, Any],
+        on_progress: ProgressCallback | None = None,
+    ) -> Any:
+        """Run Dask's scheduler or worker as a service (``dask.sh``, see :mod:`.dask`)."""
+        from .dask import run_dask_setup
+
+        return run_dask_setup(self, target, params, on_progress)
+
     def keep_alive(
         self,
         target: SSHTarget,

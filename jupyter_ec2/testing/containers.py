@@ -406,6 +406,11 @@ class ContainerHost:
             _run("ip", "-n", ns, "link", "set", "lo", "up")
             # Only the harness's address is reachable: no default route, nothing else on-link.
             _run("ip", "-n", ns, "route", "add", f"{bridge.address}/32", "dev", "eth0")
+            # And the instances of its own /20 subnet, on this bridge only, as in a VPC (Dask
+            # workers reach their scheduler). Bridge addresses are never in such a subnet.
+            subnet = ipaddress.ip_network(f"{self.address}/20", strict=False)
+            if ipaddress.ip_address(bridge.address) not in subnet:
+                _run("ip", "-n", ns, "route", "add", str(subnet), "dev", "eth0")
             _run("ip", "link", "set", self.veth, "master", bridge.name, "up")
             _run("ip", "route", "replace", f"{self.address}/32", "dev", bridge.name,
                  "src", bridge.address)  # fmt: skip

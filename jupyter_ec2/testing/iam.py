@@ -254,6 +254,12 @@ def needs_of(
         ]
     elif action in ("AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress"):
         needs.append(existing("security-group", params.get("GroupId", "")))
+    # Dask workers (jupyter_ec2.workers): the notebook joins the cluster group, which goes later.
+    elif action == "ModifyInstanceAttribute":
+        needs.append(existing("instance", params.get("InstanceId", "")))
+        needs += [existing("security-group", g) for g in _indexed(params, "GroupId")]
+    elif action == "DeleteSecurityGroup":
+        needs.append(existing("security-group", params.get("GroupId", "")))
     elif action == "ImportKeyPair":
         needs.append(
             Need(ec2_action, f"{arn}:key-pair/{params.get('KeyName', '')}", requested("key-pair"))

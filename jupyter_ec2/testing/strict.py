@@ -91,7 +91,7 @@ RULES: tuple[Rule, ...] = (
         "security group rule description",
         _RULE_DESCRIPTION_ACTIONS,
         re.compile(
-            r"^IpPermissions\.\d+\.(IpRanges|Ipv6Ranges|UserIdGroupPairs|PrefixListIds)"
+            r"^IpPermissions\.\d+\.(IpRanges|Ipv6Ranges|UserIdGroupPairs|Groups|PrefixListIds)"
             r"\.\d+\.Description$"
         ),
         _sg_text,
@@ -181,6 +181,98 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
+# -- Dask workers (jupyter_ec2.workers): rules over several parameters of one request ----------
+#
+# moto accepts each of these; AWS refuses them. Each check reads the whole request.
+# - RunInstances: MinCount and MaxCount are each at least 1, and MinCount <= MaxCount
+#   (API_RunInstances.html: "Constraints: Between 1 and the quota ..."; EC2 launches at least
+#   MinCount or nothing, so a MinCount above MaxCount cannot be met).
+# - AuthorizeSecurityGroupIngress in a VPC: a source group is named by its id, never its name
+#   ("For security groups in a nondefault VPC, you must specify the security group ID"), and a
+#   tcp or udp rule names its ports ("If the protocol is TCP or UDP, you must also specify a
+#   port or port range"; protocol -1, all traffic, takes none).
+# - ModifyInstanceAttribute with security groups: at least one, each by its id ("You must
+#   specify the security group ID, not the security group name").
+
+
+def _count(params: Mapping[str, str], name: str) -> int | None:
+    value = params.get(name)
+    return int(value) if value is not None and value.lstrip("-").isdigit() else None
+
+
+def _run_instances_counts(action: str, params: Mapping[str, str]) -> Refusal | None:
+    if action != "RunInstances":
+        return None
+    low, high = _count(params, "MinCount"), _count(params, "MaxCount")
+    if low is None or high is None:
+        return None  # both are required: botocore refuses a request without them
+    if low < 1 or high < 1 or low > high:
+        return Refusal(
+            action,
+            "instance counts",
+            "InvalidParameterValue",
+            f"MinCount ({low}) and MaxCount ({high}) must each be at least 1, "
+            "and MinCount no more than MaxCount.",
+            "MinCount",
+        )
+    return None
+
+
+def _ingress_sources(action: str, params: Mapping[str, str]) -> Refusal | None:
+    if action not in ("AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress"):
+        return None
+    for name, value in params.items():
+        pair = re.match(r"^(IpPermissions\.\d+)\.Groups\.(\d+)\.GroupName$", name)
+        if pair and not params.get(f"{pair.group(1)}.Groups.{pair.group(2)}.GroupId"):
+            return Refusal(
+                action,
+                "source group by id",
+                "InvalidParameterValue",
+                f"Value ({value}) for parameter groupName is invalid: in a VPC a source "
+                "security group is named by its id (GroupId).",
+                name,
+            )
+        perm = re.match(r"^(IpPermissions\.\d+)\.IpProtocol$", name)
+        if perm and value.lower() in ("tcp", "udp", "6", "17"):
+            prefix = perm.group(1)
+            if f"{prefix}.FromPort" not in params or f"{prefix}.ToPort" not in params:
+                return Refusal(
+                    action,
+                    "tcp and udp ports",
+                    "InvalidParameterValue",
+                    "Invalid value 'Must specify both from and to ports with TCP/UDP.' for "
+                    "portRange",
+                    f"{prefix}.FromPort",
+                )
+    return None
+
+
+def _modify_groups(action: str, params: Mapping[str, str]) -> Refusal | None:
+    if action != "ModifyInstanceAttribute":
+        return None
+    groups = [v for k, v in params.items() if re.match(r"^GroupId\.\d+$", k)]
+    names_groups = any(k.startswith("GroupId.") for k in params)
+    if (names_groups or params.get("Attribute") == "groupSet") and (
+        not groups or not all(re.fullmatch(r"sg-[0-9a-f]{8,17}", g) for g in groups)
+    ):
+        return Refusal(
+            action,
+            "instance groups by id",
+            "InvalidParameterValue",
+            "You must specify at least one security group, each by its id (sg-...).",
+            "GroupId",
+        )
+    return None
+
+
+#: Request-level checks (several parameters at once), tried after the per-parameter rules.
+REQUEST_CHECKS: tuple[Callable[[str, Mapping[str, str]], Refusal | None], ...] = (
+    _run_instances_counts,
+    _ingress_sources,
+    _modify_groups,
+)
+
+
 #: Tags one request may put on one resource type (user tags; ``aws:`` ones do not count).
 MAX_TAGS_PER_RESOURCE = 50
 TAG_LIMIT_SOURCE = (
@@ -210,6 +302,10 @@ def check_request(action: str, params: Mapping[str, str]) -> Refusal | None:
                 return Refusal(
                     action, rule.name, rule.code, rule.message.format(value=shown, param=name), name
                 )
+    for check in REQUEST_CHECKS:
+        refusal = check(action, params)
+        if refusal is not None:
+            return refusal
     counts: dict[str, int] = {}
     for name in params:
         match = re.match(r"^(TagSpecification\.\d+\.)?Tag\.\d+\.Key$", name)

@@ -23,6 +23,7 @@ import { IdleWarning } from './idlewarning';
 import { addImageCommands, ImagesModel } from './images';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
 import { profilePaletteItems } from './palette';
+import { addWorkersCommand } from './workers';
 import { addPreflightCommand, PreflightModel } from './preflight';
 import {
   CATEGORY,
@@ -80,6 +81,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     addCommands(app, model, tracker, notifier, preflight, images);
     addImageCommands(app, model, images, palette);
     addPreflightCommand(app, preflight, palette);
+    addWorkersCommand(app, model, palette);
     void preflight.check();
     new ErrorNotifier(model);
     new IdleWarning(model);

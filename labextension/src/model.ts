@@ -206,6 +206,34 @@ export class EC2Model implements IDisposable {
     return instance;
   }
 
+  /** Add Dask workers next to a ready instance: `POST instances/{id}/workers`. */
+  async addWorkers(
+    id: string,
+    count: number,
+    instanceType?: string
+  ): Promise<IInstance> {
+    const body: { count: number; instance_type?: string } = { count };
+    if (instanceType) {
+      body.instance_type = instanceType;
+    }
+    const instance = await this._call<IInstance>(
+      `instances/${encodeURIComponent(id)}/workers`,
+      { method: 'POST', body: JSON.stringify(body) }
+    );
+    this._upsert(instance);
+    return instance;
+  }
+
+  /** Terminate every Dask worker of an instance: `DELETE instances/{id}/workers`. */
+  async removeWorkers(id: string): Promise<IInstance> {
+    const instance = await this._call<IInstance>(
+      `instances/${encodeURIComponent(id)}/workers`,
+      { method: 'DELETE' }
+    );
+    this._upsert(instance);
+    return instance;
+  }
+
   /** The live log of an instance, if it is shown. */
   log(id: string): LogTail | undefined {
     return this._logs.get(id);

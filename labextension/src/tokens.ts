@@ -184,6 +184,25 @@ export interface IInstance {
   idle: IIdle | null;
   /** What it has cost so far and costs a month while stopped (an estimate; null if unknown). */
   cost?: ICost;
+  /** Its Dask workers (`[]` when none). */
+  workers?: IWorker[];
+  /** Its Dask scheduler and dashboard, or null when it has no workers. */
+  dask?: IDask | null;
+}
+
+/** A Dask worker instance of a notebook instance (`Instance.workers`). */
+export interface IWorker {
+  id: string;
+  phase: string;
+  instance_type: string;
+  /** Why it failed, when its phase is `failed`. */
+  error?: string;
+}
+
+/** `Instance.dask`: the scheduler's address and the dashboard's path under the proxy. */
+export interface IDask {
+  scheduler: string;
+  dashboard_url: string;
 }
 
 /** `Instance.cost`: an estimate in USD, null where a price is unknown. */

@@ -246,9 +246,11 @@ def test_launch_from_a_tile_open_the_remote_notebook_then_stop_start_and_termina
         expect(card.locator('[data-testid="ec2-phase"]')).to_have_text("Ready")
         expect(card.locator('[data-testid="ec2-forward"]')).to_have_attribute("data-state", "up")
         expect(card.locator('[data-testid="ec2-progress"]')).to_have_count(0)
-        expect(card.locator("[data-action]")).to_have_count(
-            6
-        )  # open, reconnect, stop, resize, terminate, log
+        expect(card.locator(".jp-ec2-actions [data-action]")).to_have_count(
+            7
+        )  # open, reconnect, stop, resize, image, terminate, log
+        # And the Dask workers control of a ready instance (labextension/src/workers.tsx)
+        expect(card.locator('[data-action="add-workers"]')).to_be_visible()
         ready_toast = toast(page, "CPU small is ready")
         expect(ready_toast).to_be_visible()
         expect(ready_toast.get_by_role("button", name="Open")).to_be_visible()

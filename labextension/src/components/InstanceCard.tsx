@@ -14,6 +14,8 @@ import {
 } from '../instances';
 import { LogTail } from '../logtail';
 import { IInstance, InstanceAction } from '../tokens';
+import { EC2Model } from '../model';
+import { WorkersControl } from '../workers';
 import { LogView } from './LogView';
 
 /** Properties of an {@link InstanceCard}. */
@@ -26,6 +28,8 @@ export interface IInstanceCardProps {
   /** The display name of its profile, if the server still has that profile. */
   profileName: string | undefined;
   onAction: (action: InstanceAction, instance: IInstance) => void;
+  /** The model, for the Dask workers control (absent: no workers control). */
+  model?: EC2Model;
 }
 
 /** The current time, re-read every second while `active`. */
@@ -44,7 +48,7 @@ function useNow(active: boolean): number {
 
 /** A card with the instance's facts, a phase badge, progress, health, cost and actions. */
 export function InstanceCard(props: IInstanceCardProps): JSX.Element {
-  const { instance, since, log, profileName, onAction } = props;
+  const { instance, since, log, profileName, onAction, model } = props;
   const changing = instance.pending;
   const now = useNow(changing);
   const progress = Math.max(0, Math.min(100, Math.round(instance.progress)));
@@ -198,6 +202,10 @@ export function InstanceCard(props: IInstanceCardProps): JSX.Element {
           );
         })}
       </div>
+
+      {model !== undefined && (
+        <WorkersControl instance={instance} model={model} />
+      )}
 
       {log !== undefined && <LogView tail={log} />}
     </li>

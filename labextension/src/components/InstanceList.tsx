@@ -36,6 +36,7 @@ export function InstanceList(props: IInstanceListProps): JSX.Element {
           log={model.log(instance.id)}
           profileName={model.profile(instance.profile)?.display_name}
           onAction={onAction}
+          model={model}
         />
       ))}
     </ul>
