@@ -450,18 +450,39 @@ def remote_lab_python() -> str:
     return IMAGE_PYTHON
 
 
-def _terminate_everything(server: LabServer, hosts: InstanceHosts, timeout: float = 60) -> None:
-    """Terminate every instance the server manages and wait for their hosts to go."""
+def _terminate_everything(server: LabServer, hosts: InstanceHosts, timeout: float = 60) -> bool:
+    """Terminate every instance the server manages and wait for their hosts to go.
+
+    A DELETE refused while another action on the instance runs (409, e.g. a keepalive) is
+    sent again until ``timeout``. True when every instance is terminating or gone and so is
+    its host.
+    """
     status, body = server.api("GET", "instances")
     if status != 200 or not isinstance(body, dict):
-        return
+        return False
     ids = [item["id"] for item in body.get("instances", []) if item["phase"] != "terminated"]
-    for instance_id in ids:
-        server.api("DELETE", f"instances/{instance_id}")
+    deadline = time.monotonic() + timeout
+    left = [
+        item["id"]
+        for item in body["instances"]
+        if item["phase"] not in ("terminating", "terminated")
+    ]
+    while left and time.monotonic() < deadline:
+        for instance_id in list(left):
+            status, answer = server.api("DELETE", f"instances/{instance_id}")
+            phase = answer.get("phase") if isinstance(answer, dict) else None
+            if status in (200, 202, 404) or phase in ("terminating", "terminated"):
+                left.remove(instance_id)
+        if left:
+            time.sleep(0.5)
+    gone = not left
     for instance_id in ids:
         # Whatever is left then, hosts.close() ends.
-        with contextlib.suppress(TimeoutError):
-            hosts.wait_for_no_host(instance_id, timeout=timeout)
+        try:
+            hosts.wait_for_no_host(instance_id, timeout=max(1.0, deadline - time.monotonic()))
+        except TimeoutError:
+            gone = False
+    return gone
 
 
 SIM_LAB_FIXTURE = "jp_ec2_sim_lab"
@@ -578,8 +599,9 @@ def jp_ec2_sim_lab(
     try:
         yield lab
     finally:
-        if _next_module_uses_sim_lab(request):
-            # The next module starts with no instance, as if the lab were new.
-            _terminate_everything(lab.server, lab.hosts)
-        else:
+        # The next module starts with no instance, as if the lab were new; if that cannot be
+        # had, it gets a new lab.
+        if not (
+            _next_module_uses_sim_lab(request) and _terminate_everything(lab.server, lab.hosts)
+        ):
             keeper.close()

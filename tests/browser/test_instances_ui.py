@@ -54,9 +54,19 @@ def open_lab(page: Page, server: LabServer) -> None:
 
 
 def run_command(page: Page, label: str) -> None:
-    """Run the palette item labelled ``label``."""
-    page.keyboard.press("Control+Shift+C")
+    """Run the palette item labelled ``label``.
+
+    The shortcut is pressed again while the palette stays hidden: JupyterLab shows its dock
+    panel before its shortcuts listen, and on a busy machine a first press can come too early.
+    """
     search = page.locator(".lm-CommandPalette-input")
+    for _attempt in range(5):
+        page.keyboard.press("Control+Shift+C")
+        try:
+            expect(search).to_be_visible(timeout=3_000)
+            break
+        except AssertionError:
+            continue
     expect(search).to_be_focused()
     search.fill(label)
     page.locator(".lm-CommandPalette-item", has_text=label).first.click()
