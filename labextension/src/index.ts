@@ -19,6 +19,7 @@ import { addCommands, PanelTracker } from './commands';
 import { profileTiles } from './launcher';
 import { EC2Model } from './model';
 import { CostBar } from './costbar';
+import { ForgottenWarning } from './forgottenwarning';
 import { IdleWarning } from './idlewarning';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
 import { profilePaletteItems } from './palette';
@@ -78,6 +79,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     void preflight.check();
     new ErrorNotifier(model);
     new IdleWarning(model);
+    new ForgottenWarning(model);
     if (statusBar) {
       statusBar.registerStatusItem(`${PLUGIN_ID}:costs`, {
         item: new CostBar(

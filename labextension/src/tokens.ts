@@ -167,6 +167,17 @@ export interface IInstance {
   idle: IIdle | null;
   /** What it has cost so far and costs a month while stopped (an estimate; null if unknown). */
   cost?: ICost;
+  /** When a stopped instance is snapshotted then terminated (terminate_stopped_after_days). */
+  terminates_at?: string | null;
+  /** The snapshot-then-terminate under way or failed, or null. */
+  termination?: ITermination | null;
+}
+
+/** `Instance.termination`: a forgotten stopped instance being snapshotted, or why it failed. */
+export interface ITermination {
+  state: 'snapshotting' | 'failed';
+  snapshots: string[];
+  error: string | null;
 }
 
 /** `Instance.cost`: an estimate in USD, null where a price is unknown. */
