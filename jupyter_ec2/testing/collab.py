@@ -74,6 +74,18 @@ def make_collab_env(base: Path) -> Path:
         timeout=600,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base)},
     )  # fmt: skip
+    # The image's Jupyter data and config live under its own prefix: link them into this one,
+    # so its JupyterLab (the app, its extensions, the server extension switches) is found.
+    for part in ("etc/jupyter/jupyter_server_config.d", "share/jupyter/labextensions"):
+        source, dest = image.parent.parent / part, venv / part
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in source.iterdir():
+            if not (dest / item.name).exists():
+                (dest / item.name).symlink_to(item)
+    for part in ("share/jupyter/lab", "share/jupyter/kernels", "share/jupyter/nbconvert"):
+        source, dest = image.parent.parent / part, venv / part
+        if source.exists() and not dest.exists():
+            dest.symlink_to(source)
     subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
     return python
 

@@ -19,6 +19,7 @@ import { addCommands, PanelTracker } from './commands';
 import { profileTiles } from './launcher';
 import { EC2Model } from './model';
 import { CostBar } from './costbar';
+import { ForgottenWarning } from './forgottenwarning';
 import { IdleWarning } from './idlewarning';
 import { addImageCommands, ImagesModel } from './images';
 import { ErrorNotifier, InstanceNotifier } from './notifications';
@@ -85,6 +86,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     void preflight.check();
     new ErrorNotifier(model);
     new IdleWarning(model);
+    new ForgottenWarning(model);
     if (statusBar) {
       statusBar.registerStatusItem(`${PLUGIN_ID}:costs`, {
         item: new CostBar(

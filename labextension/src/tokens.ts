@@ -188,6 +188,10 @@ export interface IInstance {
   workers?: IWorker[];
   /** Its Dask scheduler and dashboard, or null when it has no workers. */
   dask?: IDask | null;
+  /** When a stopped instance is snapshotted then terminated (terminate_stopped_after_days). */
+  terminates_at?: string | null;
+  /** The snapshot-then-terminate under way or failed, or null. */
+  termination?: ITermination | null;
 }
 
 /** A Dask worker instance of a notebook instance (`Instance.workers`). */
@@ -203,6 +207,13 @@ export interface IWorker {
 export interface IDask {
   scheduler: string;
   dashboard_url: string;
+}
+
+/** `Instance.termination`: a forgotten stopped instance being snapshotted, or why it failed. */
+export interface ITermination {
+  state: 'snapshotting' | 'failed';
+  snapshots: string[];
+  error: string | null;
 }
 
 /** `Instance.cost`: an estimate in USD, null where a price is unknown. */

@@ -55,6 +55,12 @@ export function InstanceCard(props: IInstanceCardProps): JSX.Element {
   const price = formatPrice(instance.hourly_usd);
   const forward = forwardText(instance);
   const idleMinutes = idleStopMinutes(instance);
+  const monthly = instance.cost?.stopped_monthly_usd;
+  const diskCost =
+    monthly === undefined || monthly === null ? null : `$${monthly.toFixed(2)}`;
+  const terminatesAt = instance.terminates_at
+    ? new Date(instance.terminates_at).toLocaleString()
+    : null;
   const showProgress =
     changing || (instance.phase === 'failed' && progress > 0);
   const actions = actionsFor(instance);
@@ -153,6 +159,26 @@ export function InstanceCard(props: IInstanceCardProps): JSX.Element {
             {forward}
           </span>
         )}
+        {instance.phase === 'stopped' && diskCost !== null && (
+          <span
+            className="jp-ec2-disk-cost"
+            data-testid="ec2-disk-cost"
+            title="A stopped instance still pays for its disk (an estimate)"
+          >
+            Disk: {diskCost}/month while stopped
+          </span>
+        )}
+        {terminatesAt !== null && (
+          <span
+            className="jp-ec2-terminates"
+            data-testid="ec2-terminates"
+            title="terminate_stopped_after_days: its disk is snapshotted first"
+          >
+            {instance.termination?.state === 'snapshotting'
+              ? 'Snapshotting its disk, then terminating'
+              : `Snapshot and terminate on ${terminatesAt}`}
+          </span>
+        )}
         {idleMinutes !== null && (
           <span
             className="jp-ec2-idle"
@@ -163,6 +189,16 @@ export function InstanceCard(props: IInstanceCardProps): JSX.Element {
           </span>
         )}
       </div>
+
+      {instance.termination?.error && (
+        <div
+          className="jp-ec2-instance-error"
+          role="alert"
+          data-testid="ec2-termination-error"
+        >
+          {instance.termination.error}
+        </div>
+      )}
 
       {instance.error !== null && (
         <div
