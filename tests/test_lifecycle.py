@@ -180,7 +180,7 @@ async def test_launch_ready_open_stop_start_terminate(
     once_a_second = _watch_once_a_second(jp_fetch, instance_id)
     ready = await _wait_phase(jp_fetch, instance_id, {"ready"}, seen)
     assert "connecting" in await _stop(once_a_second)
-    assert ready["actions"] == ["open", "reconnect", "stop", "keepalive", "terminate"]
+    assert ready["actions"] == ["open", "reconnect", "stop", "keepalive", "image", "terminate"]
     assert ready["pending"] is False
     order = ["launching", "booting", "connecting", "provisioning", "starting", "ready"]
     assert [p for p in seen if p in order] == sorted(set(seen) & set(order), key=order.index)
@@ -228,7 +228,7 @@ async def test_launch_ready_open_stop_start_terminate(
     await asyncio.to_thread(jp_ec2_hosts.wait_for_no_host, instance_id)
     assert jp_ec2_hosts.host_for(instance_id) is None
 
-    assert stopped["actions"] == ["start", "terminate"] and stopped["pending"] is False
+    assert stopped["actions"] == ["start", "image", "terminate"] and stopped["pending"] is False
     # When it is started again / Then it is ready on its new address, connecting seen at 1 Hz
     once_a_second = _watch_once_a_second(jp_fetch, instance_id)
     code, inst = await _json(jp_fetch, "instances", instance_id, "start", method="POST", body={})

@@ -316,7 +316,7 @@ async def test_a_launch_walks_every_phase_and_publishes_actions(
     ]
     assert manager.refused_transitions == 0
     # And the ready instance says what is allowed, that nothing is pending, and where to open it
-    assert ready["actions"] == ["open", "reconnect", "stop", "keepalive", "terminate"]
+    assert ready["actions"] == ["open", "reconnect", "stop", "keepalive", "image", "terminate"]
     assert ready["pending"] is False
     # On a loopback server the notebook is on the instance's own origin (remote_origin "auto").
     assert ready["url"].startswith(f"http://{inst['id']}.localhost:")
@@ -521,7 +521,7 @@ async def test_a_spot_interrupted_instance_offers_no_start(jp_fetch, manager):
     manager.backend.set_state(inst["id"], "stopped", "Server.SpotInstanceShutdown")
     stopped = await wait_for(jp_fetch, inst["id"], {"stopped"})
     # Then it offers Terminate but not Start, and says why
-    assert stopped["actions"] == ["terminate"]
+    assert stopped["actions"] == ["image", "terminate"]
     assert "spot interruption" in stopped["message"]
     code, body = await api(jp_fetch, "instances", inst["id"], "start", method="POST", body={})
     assert code == 409 and "capacity returns" in body["message"]
@@ -534,7 +534,7 @@ async def test_stop_then_start_comes_back_and_refuses_a_second_start(jp_fetch):
     code, body = await api(jp_fetch, "instances", inst["id"], "stop", method="POST", body={})
     assert code == 202 and body["phase"] == "stopping" and body["actions"] == ["terminate"]
     stopped = await wait_for(jp_fetch, inst["id"], {"stopped"})
-    assert stopped["actions"] == ["start", "terminate"]
+    assert stopped["actions"] == ["start", "image", "terminate"]
     # When it is started / Then it is booting and a second start is refused with 409
     code, body = await api(jp_fetch, "instances", inst["id"], "start", method="POST", body={})
     assert code == 202 and body["phase"] == "booting"
