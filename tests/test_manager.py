@@ -546,7 +546,7 @@ async def test_stop_then_start_comes_back_and_refuses_a_second_start(jp_fetch):
     code, body = await api(jp_fetch, "instances", inst["id"], "stop", method="POST", body={})
     assert code == 202 and body["phase"] == "stopping" and body["actions"] == ["terminate"]
     stopped = await wait_for(jp_fetch, inst["id"], {"stopped"})
-    assert stopped["actions"] == ["start", "resize", "terminate"]
+    assert stopped["actions"] == ["start", "resize", "image", "terminate"]
     # When it is started / Then it is booting and a second start is refused with 409
     code, body = await api(jp_fetch, "instances", inst["id"], "start", method="POST", body={})
     assert code == 202 and body["phase"] == "booting"
