@@ -237,7 +237,10 @@ async def test_launch_ready_open_stop_start_terminate(
     await asyncio.to_thread(jp_ec2_hosts.wait_for_no_host, instance_id)
     assert jp_ec2_hosts.host_for(instance_id) is None
 
-    assert stopped["actions"] == ["start", "resize", "image", "terminate"] and stopped["pending"] is False
+    assert (
+        stopped["actions"] == ["start", "resize", "image", "terminate"]
+        and stopped["pending"] is False
+    )
     # When it is started again / Then it is ready on its new address, connecting seen at 1 Hz
     once_a_second = _watch_once_a_second(jp_fetch, instance_id)
     code, inst = await _json(jp_fetch, "instances", instance_id, "start", method="POST", body={})

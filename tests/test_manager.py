@@ -533,7 +533,7 @@ async def test_a_spot_interrupted_instance_offers_no_start(jp_fetch, manager):
     manager.backend.set_state(inst["id"], "stopped", "Server.SpotInstanceShutdown")
     stopped = await wait_for(jp_fetch, inst["id"], {"stopped"})
     # Then it offers Terminate but not Start, and says why
-    assert stopped["actions"] == ["terminate"]
+    assert stopped["actions"] == ["image", "terminate"]
     assert "spot interruption" in stopped["message"]
     code, body = await api(jp_fetch, "instances", inst["id"], "start", method="POST", body={})
     assert code == 409 and "capacity returns" in body["message"]
