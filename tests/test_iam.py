@@ -160,7 +160,8 @@ WITHOUT = {
     "SnapshotManagedVolume": None,
     "CreateManagedSnapshot": None,
     "ListSnapshots": None,
-    "Resize": ("resize", "ec2:ModifyInstanceAttribute"),
+    # A type change (resize) and a notebook instance joining its Dask cluster's group.
+    "ModifyManagedInstance": ("resize", "ec2:ModifyInstanceAttribute"),
     "Images": ("image", "ec2:CreateImage"),
     "ImagesTagOnCreate": ("image", "ec2:CreateTags"),
     "ImagesDeleteManaged": ("delete image", "ec2:DeregisterImage"),

@@ -500,13 +500,21 @@ def test_workers_pass_with_exactly_the_policy_and_fail_without_the_workers_state
     # Given a user holding exactly the policy / When workers are added and removed / Then it passes
     done = _workers_lifecycle(backend_for(POLICY, "whole"))
     assert done == ["launch", "workers", "terminate", "delete group"]
-    # Given the policy without its Workers statement / When workers are added
+    # Given the policy without the statement that lets a managed instance change its groups
+    # (shared with resize) / When workers are added
+    less = without_statements(POLICY, ["ModifyManagedInstance"])
     with pytest.raises(PermissionDeniedError) as caught:
-        _workers_lifecycle(backend_for(without_statements(POLICY, ["Workers"]), "less"))
+        _workers_lifecycle(backend_for(less, "less"))
     # Then adding them fails with a 502 naming the missing IAM action
     assert caught.value.step == "workers"  # type: ignore[attr-defined]
     assert caught.value.status == 502
     assert "ec2:ModifyInstanceAttribute" in caught.value.message
+    # Given the policy without its Workers statement / When the cluster is removed
+    with pytest.raises(PermissionDeniedError) as caught:
+        _workers_lifecycle(backend_for(without_statements(POLICY, ["Workers"]), "nogroup"))
+    # Then deleting the cluster's group fails naming the missing IAM action
+    assert caught.value.step == "delete group"  # type: ignore[attr-defined]
+    assert "ec2:DeleteSecurityGroup" in caught.value.message
 
 
 # -- the strict front's rules for the calls workers make (moto accepts these, AWS does not) ------
