@@ -599,9 +599,12 @@ def jp_ec2_sim_lab(
     try:
         yield lab
     finally:
-        # The next module starts with no instance, as if the lab were new; if that cannot be
-        # had, it gets a new lab.
-        if not (
-            _next_module_uses_sim_lab(request) and _terminate_everything(lab.server, lab.hosts)
-        ):
+        # The next module starts as with a new lab: no instance, and no notebook user (whose
+        # home would hand the remote JupyterLab's workspace and files to the next instance;
+        # provisioning creates the user again). If that cannot be had, it gets a new lab.
+        if _next_module_uses_sim_lab(request) and _terminate_everything(lab.server, lab.hosts):
+            from jupyter_ec2.testing.demo import remove_user
+
+            remove_user(SIM_NOTEBOOK_USER)
+        else:
             keeper.close()

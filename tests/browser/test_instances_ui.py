@@ -35,6 +35,7 @@ pytestmark = [
 ]
 
 expect = pytest.importorskip("playwright.sync_api").expect
+PlaywrightTimeoutError = pytest.importorskip("playwright.sync_api").TimeoutError
 
 PANEL = ".jp-ec2-panel"
 #: The order of the phases an instance goes through to come up (DESIGN.md §2).
@@ -56,20 +57,28 @@ def open_lab(page: Page, server: LabServer) -> None:
 def run_command(page: Page, label: str) -> None:
     """Run the palette item labelled ``label``.
 
-    The shortcut is pressed again while the palette stays hidden: JupyterLab shows its dock
-    panel before its shortcuts listen, and on a busy machine a first press can come too early.
+    Tried again while the palette is hidden or closes before its item is clicked: JupyterLab
+    shows its dock panel before it has finished restoring (its shortcuts may not listen yet, and
+    a launcher that opens late takes the focus, which closes the palette), which on a busy
+    machine can take seconds.
     """
     search = page.locator(".lm-CommandPalette-input")
-    for _attempt in range(5):
-        page.keyboard.press("Control+Shift+C")
+    item = page.locator(".lm-CommandPalette-item", has_text=label).first
+    for _attempt in range(4):
+        if not search.is_visible():
+            page.keyboard.press("Control+Shift+C")
         try:
-            expect(search).to_be_visible(timeout=3_000)
-            break
-        except AssertionError:
+            expect(search).to_be_focused(timeout=3_000)
+            search.fill(label, timeout=3_000)
+            item.click(timeout=3_000)  # a click that times out never clicked
+            return
+        except (AssertionError, PlaywrightTimeoutError):
             continue
+    if not search.is_visible():
+        page.keyboard.press("Control+Shift+C")
     expect(search).to_be_focused()
     search.fill(label)
-    page.locator(".lm-CommandPalette-item", has_text=label).first.click()
+    item.click()
 
 
 def launcher_tile(page: Page, label: str) -> Locator:
