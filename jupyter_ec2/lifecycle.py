@@ -85,6 +85,8 @@ PHASE_PROGRESS: Mapping[Phase, int] = {
 _RUNNING = frozenset({"pending", "running"})
 _UP = frozenset({P.READY, P.DEGRADED})
 _COMING_UP = frozenset({P.BOOTING, P.CONNECTING, P.PROVISIONING, P.STARTING})
+#: Phases in which a notebook that was served comes back by itself (reconnect, start, resize).
+COMING_BACK = _COMING_UP | {P.RESIZING}
 
 #: (phases, EC2 states or None for any) in which each action is allowed, and why not otherwise.
 ACTION_RULES: Mapping[str, tuple[frozenset[Phase], frozenset[str] | None, str]] = {

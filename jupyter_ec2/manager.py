@@ -174,13 +174,19 @@ class LaunchManager(InstanceWatcher):
         return {"lines": lines, "next": record.next_seq - 1}
 
     def remote_endpoint(self, instance_id: str) -> tuple[int, str, str] | None:
-        """(local port, remote token, forward state) of a ready instance, for the proxy."""
+        """(local port, remote token, forward state) of a ready instance, for the proxy.
+
+        An instance whose notebook is coming back (reconnect, start, resize) answers the state
+        "down", so the proxy says 503 "retry in a moment" rather than 404 to a page still open.
+        """
         try:
             record = self.records.get(validate_instance_id(instance_id))
         except ValidationError:
             return None
         if record is None or record.local_port is None or record.token is None:
             return None
+        if record.phase in lc.COMING_BACK:
+            return record.local_port, record.token, "down"
         if record.phase not in (Phase.READY, Phase.DEGRADED) or record.tunnel_state is None:
             return None
         # The forward's port is read live: it moves if another program took it during a drop.

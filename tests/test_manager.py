@@ -671,3 +671,21 @@ class TestForwardUser:
         # Given c.TunnelManager.default_user = "admin" / Then the forwards use it
         manager = jp_serverapp.web_app.settings["jupyter_ec2_manager"]
         assert manager.tunnels.default_user == "admin"
+
+
+async def test_a_notebook_coming_back_is_unavailable_not_missing(jp_fetch, manager):
+    """The proxy's lookup (unit level: the phase is set on the record, as a reconnect does)."""
+    # Given a ready instance whose notebook was served
+    inst = await launch(jp_fetch)
+    await wait_for(jp_fetch, inst["id"], {"ready"})
+    assert manager.remote_endpoint(inst["id"])[2] == "up"
+    # When it is coming back (reconnect, start or resize) / Then the lookup says "down" (a 503
+    # with Retry-After to a page still open), never None (a 404: "no such notebook")
+    record = manager.records[inst["id"]]
+    for phase in (Phase.CONNECTING, Phase.PROVISIONING, Phase.STARTING, Phase.RESIZING):
+        record.phase = phase
+        assert manager.remote_endpoint(inst["id"])[2] == "down", phase
+    # And a stopped one has no notebook at all
+    record.phase = Phase.STOPPED
+    assert manager.remote_endpoint(inst["id"]) is None
+    record.phase = Phase.READY
