@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
         hosts.close()
         cloud.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
