@@ -1,9 +1,14 @@
 """What the managed instances have cost so far: an estimate from the EC2 states the manager saw.
 
-Pure: no I/O, no clock of its own (callers pass epoch seconds in). A :class:`CostLedger` keeps,
-per instance, the intervals it was ``running`` (each with the hourly price that applied) and the
-time its root volume existed (from launch to termination, so a stopped instance keeps paying for
-its disk). The cost of a period is
+The ledger and the budget rules are pure: no I/O, no clock of their own (callers pass epoch
+seconds in). :class:`CostKeeper`, which the manager owns (``manager.cost_keeper``), is the
+asynchronous side: it feeds the ledger the EC2 states of each phase change and each poll, looks
+up gp3 prices in a worker thread, persists the ledger, warns at the budget's threshold, refuses
+launches over the budget or the hourly limit, and answers ``GET costs``.
+
+A :class:`CostLedger` keeps, per instance, the intervals it was ``running`` (each with the
+hourly price that applied) and the time its root volume existed (from launch to termination, so
+a stopped instance keeps paying for its disk). The cost of a period is
 
     Σ running seconds × hourly price / 3600  +  volume GB × gp3 $/GB-month × disk seconds / month
 
@@ -21,7 +26,14 @@ import calendar
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConflictError, EC2LauncherError
+from .models import Phase
+
+if TYPE_CHECKING:
+    from .lifecycle import LifecycleEvent
+    from .manager import LaunchManager
 
 #: Seconds in AWS's billing month for GB-month prices (730 hours).
 MONTH_SECONDS = 730 * 3600.0
@@ -356,11 +368,122 @@ def hourly_refusal(
     )
 
 
+# -- the manager's side: feeding, saving, warning, refusing ------------------------------------
+
+
+class CostKeeper:
+    """Feeds the manager's ledger (``manager.costs``) and applies the budget (on its event loop)."""
+
+    def __init__(self, manager: LaunchManager):
+        self.manager = manager
+        self._disk_pricing: set[str] = set()
+        self._budget_warned: float | None = None  # the month start of the last warning
+        manager.subscribe(self.on_event)
+
+    async def load(self) -> None:
+        """Read the saved ledger at start-up (an unreadable one starts afresh, with a warning)."""
+        manager = self.manager
+        try:
+            saved = await manager._thread(manager.store.read_json, "costs")
+        except EC2LauncherError as err:
+            manager.log.warning("jupyter-ec2: the cost history is unreadable: %s", err.message)
+            saved = None
+        manager.costs = CostLedger.from_json(saved)
+
+    def summary(self) -> dict[str, Any]:
+        """The answer of ``GET costs`` (DESIGN.md §4): an estimate from the states seen."""
+        manager = self.manager
+        return manager.costs.summary(manager.clock(), manager.monthly_budget_usd)
+
+    async def check_hourly_limit(self, region: str, instance_type: str, spot: bool) -> None:
+        """Refuse (409) an instance type above ``max_hourly_usd``; a launch and a resize use it."""
+        manager = self.manager
+        if manager.max_hourly_usd is None:
+            return
+        hourly = await manager._thread(manager.prices.hourly_usd, region, instance_type, spot)
+        why = hourly_refusal(instance_type, hourly, manager.max_hourly_usd)
+        if why is not None:
+            raise ConflictError(why)
+
+    def check_budget(self) -> None:
+        """Refuse (409) a launch once this month's managed spend reached the budget."""
+        manager = self.manager
+        spent = manager.costs.known_month_usd(manager.clock())
+        why = budget_refusal(spent, manager.monthly_budget_usd)
+        if why is not None:
+            raise ConflictError(why)
+
+    def on_event(self, event: LifecycleEvent) -> None:
+        """Feed the EC2 states seen to the cost ledger (on each phase change and each poll)."""
+        manager = self.manager
+        if event.kind == "phase" and event.instance_id in manager.records:
+            records = [manager.records[event.instance_id]]
+        elif event.kind == "poll":
+            records = list(manager.records.values())
+        else:
+            return
+        now = manager.clock()
+        changed = False
+        for record in records:
+            entry = manager.costs.entry(record.id, record.region, record.instance_type, now=now)
+            if entry.volume_gb is None:
+                profile = manager.profiles.get(record.profile)
+                entry.volume_gb = profile.volume_gb if profile is not None else None
+            state = "terminated" if record.phase == Phase.TERMINATED else record.ec2_state
+            changed |= manager.costs.observe(record.id, state, now)
+            changed |= manager.costs.set_hourly(record.id, record.hourly_usd, now)
+            if entry.gb_month_usd is None and not entry.terminated:
+                self._look_up_disk_price(record.region)
+        if changed:
+            self.save()
+        if event.kind == "poll":
+            self._warn_budget(now)
+
+    def _look_up_disk_price(self, region: str) -> None:
+        """Ask for the region's gp3 price in a thread, unless a lookup runs or backs off."""
+        manager = self.manager
+        if region in self._disk_pricing or not manager.prices.gb_month_due(region):
+            return
+        self._disk_pricing.add(region)
+
+        async def look_up() -> None:
+            try:
+                price = await manager._thread(manager.prices.gb_month_usd, region)
+            finally:
+                self._disk_pricing.discard(region)
+            if manager.costs.set_gb_month(region, price):
+                self.save()
+
+        manager._run_detached(look_up())
+
+    def save(self) -> None:
+        """Persist the ledger (``costs.json``, written in order by the manager's writer thread)."""
+        manager = self.manager
+        manager._write(
+            manager.store.write_json_secret, "costs", manager.costs.to_json(manager.clock())
+        )
+
+    def _warn_budget(self, now: float) -> None:
+        month = month_start(now)
+        if self._budget_warned == month:
+            return
+        manager = self.manager
+        spent = manager.costs.known_month_usd(now)
+        if budget_warning(spent, manager.monthly_budget_usd):
+            self._budget_warned = month
+            manager.log.warning(
+                "jupyter-ec2: an estimated $%.2f of the monthly budget of $%.2f is spent.",
+                spent,
+                manager.monthly_budget_usd,
+            )
+
+
 __all__ = [
     "BILLED_STATES",
     "BUDGET_WARNING_FRACTION",
     "MONTH_SECONDS",
     "CostEntry",
+    "CostKeeper",
     "CostLedger",
     "budget_refusal",
     "budget_warning",

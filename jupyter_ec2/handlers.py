@@ -95,7 +95,7 @@ class CostsHandler(EC2APIHandler):
     async def get(self) -> None:
         """This month's spend, the current $/h, the stopped disks' $/month, per instance too."""
         manager = await self.manager()
-        self.write_json(manager.costs_summary())
+        self.write_json(manager.cost_keeper.summary())
 
 
 class SnapshotsHandler(EC2APIHandler):
@@ -292,4 +292,4 @@ class PreflightHandler(EC2APIHandler):
         if raw not in ("0", "1", "true", "false"):
             raise ValidationError("refresh", "refresh must be 0, 1, true or false.")
         manager = await self.manager()
-        self.write_json(await manager.preflight(refresh=raw in ("1", "true")))
+        self.write_json(await manager.preflight_checks.report_json(refresh=raw in ("1", "true")))

@@ -6,9 +6,11 @@ phase allows, what to do on what EC2 reports) live in the pure :mod:`jupyter_ec2
 module only applies its decisions. Every boto3, paramiko and disk call runs in a worker thread.
 One poller asks EC2 about every managed instance in a single call per region and interval.
 Phase changes, log lines, provisioning steps and polls are published as
-:class:`~jupyter_ec2.lifecycle.LifecycleEvent` to subscribers (tests, benches). The manager is
-itself a subscriber: on each phase change and each poll it feeds the EC2 states it saw to the
-cost ledger (:mod:`jupyter_ec2.costs`), which the budget guard consults before a launch.
+:class:`~jupyter_ec2.lifecycle.LifecycleEvent` to subscribers (tests, benches). Its
+collaborators subscribe too: :class:`~jupyter_ec2.costs.CostKeeper` (``cost_keeper``) feeds the
+EC2 states seen on each phase change and each poll to the cost ledger, which the budget guard
+consults before a launch. ``GET preflight`` is answered by ``preflight_checks``
+(:class:`~jupyter_ec2.preflight.ManagerPreflight`).
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ from typing import Any
 from jupyter_server.utils import url_path_join
 from traitlets import Enum, Float, Instance, Integer
 
-from . import costs as cost_rules
 from . import lifecycle as lc
 from .before_stop import run_before_stop
+from .costs import CostKeeper, CostLedger
 from .errors import ConflictError, EC2LauncherError, NotFoundError, ValidationError
 from .forgotten import STORE_NAME as FORGOTTEN
 from .forgotten import ForgottenInstances
 from .images import SavedImages
 from .models import LaunchRequest, Phase, Profile, ProfileSet, validate_instance_id
 from .origin import remote_url as origin_url
-from .preflight import Preflight, point_to_check
+from .preflight import ManagerPreflight
 from .provision.params import remote_base_url
 from .reconcile import CLOSED, InstanceRecord, InstanceWatcher, StepError, _now
 from .resize import SUGGESTED_TYPES, Resizer, start_resize
@@ -93,21 +95,15 @@ class LaunchManager(InstanceWatcher):
         self._started: asyncio.Future | None = None
         #: Where the cost ledger's times come from (epoch seconds); a test may set a simulated one.
         self.clock: Callable[[], float] = time.time
-        self.costs = cost_rules.CostLedger()
-        self._disk_pricing: set[str] = set()
-        self._budget_warned: float | None = None  # the month start of the last warning
+        self.costs = CostLedger()  # the estimate (DESIGN.md §4); fed and saved by cost_keeper
         self._keep_until: dict[str, float] = {}  # instance id -> keepalive asked until (local)
-        self.subscribe(self._feed_costs)
+        self.cost_keeper = CostKeeper(self)  # feeds the ledger, guards the budget, GET costs
         self.forgotten = ForgottenInstances(self)  # stopped too long: snapshot, then terminate
         self.subscribe(self.forgotten.on_event)
         self.resizer = Resizer(self.backend, self.prices)
         self.images = SavedImages(self)  # POST instances/{id}/image, GET/DELETE images
         self.workers = WorkerPool(self)  # Dask workers follow their notebook's phase events
-        self.preflight_checks = Preflight(
-            self.backend,
-            lambda: list(self.profiles.profiles.values()),
-            ssh_engine=lambda: str(getattr(self.tunnels, "engine", "auto")),
-        )
+        self.preflight_checks = ManagerPreflight(self)  # GET preflight, failed launches
 
     # -- start-up and shut-down ------------------------------------------------------------------
 
@@ -122,12 +118,7 @@ class LaunchManager(InstanceWatcher):
         self._loop = asyncio.get_running_loop()
         self.tunnels.on_change = self._on_tunnel_change
         self.tunnels.on_retry = self._on_forward_retry
-        try:
-            saved = await self._thread(self.store.read_json, "costs")
-        except EC2LauncherError as err:
-            self.log.warning("jupyter-ec2: the cost history is unreadable: %s", err.message)
-            saved = None
-        self.costs = cost_rules.CostLedger.from_json(saved)
+        await self.cost_keeper.load()
         try:
             self.forgotten.load(await self._thread(self.store.read_json, FORGOTTEN))
         except EC2LauncherError as err:  # start afresh: stops count from now on
@@ -234,85 +225,6 @@ class LaunchManager(InstanceWatcher):
             **self.workers.instance_fields(record),
         ) | self.forgotten.fields(record)
 
-    # -- costs ---------------------------------------------------------------------------------
-
-    def costs_summary(self) -> dict[str, Any]:
-        """The answer of ``GET costs`` (DESIGN.md §4): an estimate from the states seen."""
-        return self.costs.summary(self.clock(), self.monthly_budget_usd)
-
-    async def check_hourly_limit(self, region: str, instance_type: str, spot: bool) -> None:
-        """Refuse (409) an instance type above ``max_hourly_usd``; a launch and a resize use it."""
-        if self.max_hourly_usd is None:
-            return
-        hourly = await self._thread(self.prices.hourly_usd, region, instance_type, spot)
-        why = cost_rules.hourly_refusal(instance_type, hourly, self.max_hourly_usd)
-        if why is not None:
-            raise ConflictError(why)
-
-    def check_budget(self) -> None:
-        """Refuse (409) a launch once this month's managed spend reached the budget."""
-        spent = self.costs.known_month_usd(self.clock())
-        why = cost_rules.budget_refusal(spent, self.monthly_budget_usd)
-        if why is not None:
-            raise ConflictError(why)
-
-    def _feed_costs(self, event: lc.LifecycleEvent) -> None:
-        """Feed the EC2 states seen to the cost ledger (on each phase change and each poll)."""
-        if event.kind == "phase" and event.instance_id in self.records:
-            records = [self.records[event.instance_id]]
-        elif event.kind == "poll":
-            records = list(self.records.values())
-        else:
-            return
-        now = self.clock()
-        changed = False
-        for record in records:
-            entry = self.costs.entry(record.id, record.region, record.instance_type, now=now)
-            if entry.volume_gb is None:
-                profile = self.profiles.get(record.profile)
-                entry.volume_gb = profile.volume_gb if profile is not None else None
-            state = "terminated" if record.phase == Phase.TERMINATED else record.ec2_state
-            changed |= self.costs.observe(record.id, state, now)
-            changed |= self.costs.set_hourly(record.id, record.hourly_usd, now)
-            if entry.gb_month_usd is None and not entry.terminated:
-                self._look_up_disk_price(record.region)
-        if changed:
-            self._save_costs()
-        if event.kind == "poll":
-            self._warn_budget(now)
-
-    def _look_up_disk_price(self, region: str) -> None:
-        """Ask for the region's gp3 price in a thread, unless a lookup runs or backs off."""
-        if region in self._disk_pricing or not self.prices.gb_month_due(region):
-            return
-        self._disk_pricing.add(region)
-
-        async def look_up() -> None:
-            try:
-                price = await self._thread(self.prices.gb_month_usd, region)
-            finally:
-                self._disk_pricing.discard(region)
-            if self.costs.set_gb_month(region, price):
-                self._save_costs()
-
-        self._run_detached(look_up())
-
-    def _save_costs(self) -> None:
-        self._write(self.store.write_json_secret, "costs", self.costs.to_json(self.clock()))
-
-    def _warn_budget(self, now: float) -> None:
-        month = cost_rules.month_start(now)
-        if self._budget_warned == month:
-            return
-        spent = self.costs.known_month_usd(now)
-        if cost_rules.budget_warning(spent, self.monthly_budget_usd):
-            self._budget_warned = month
-            self.log.warning(
-                "jupyter-ec2: an estimated $%.2f of the monthly budget of $%.2f is spent.",
-                spent,
-                self.monthly_budget_usd,
-            )
-
     def _idle_json(self, record: InstanceRecord) -> dict[str, Any] | None:
         status = record.idle_status
         if status is None or record.phase not in (Phase.READY, Phase.DEGRADED):
@@ -336,8 +248,10 @@ class LaunchManager(InstanceWatcher):
     async def launch(self, request: LaunchRequest) -> dict[str, Any]:
         """Launch an instance for a validated request; provisioning goes on in the background."""
         profile = request.resolve(self.profiles)
-        self.check_budget()
-        await self.check_hourly_limit(profile.region, profile.instance_type, profile.spot)
+        self.cost_keeper.check_budget()
+        await self.cost_keeper.check_hourly_limit(
+            profile.region, profile.instance_type, profile.spot
+        )
         active = sum(r.phase not in CLOSED for r in self.records.values()) + len(self._launching)
         if active >= self.max_instances:
             raise ConflictError(
@@ -359,7 +273,7 @@ class LaunchManager(InstanceWatcher):
             )
         except EC2LauncherError as err:
             await self._thread(self.store.delete_json, f"launch-{launch_id}")
-            self._point_to_check(err)
+            self.preflight_checks.launch_failed(err)
             if isinstance(err, ValidationError) and err.field in request.overrides:
                 # The cloud refused a value the request chose: name it as the request did.
                 raise err.prefixed("overrides") from None
@@ -395,18 +309,6 @@ class LaunchManager(InstanceWatcher):
         self._run(record, self._bring_up(record, profile, fresh=True))
         self._look_up_price(record)
         return self.to_json(record)
-
-    # -- preflight ("Check my AWS setup") --------------------------------------------------------
-
-    async def preflight(self, refresh: bool = False) -> dict[str, Any]:
-        """``GET preflight``: the setup checks, run in a worker thread and kept briefly."""
-        report = await self._thread(self.preflight_checks.report, refresh)
-        return report.to_json()
-
-    def _point_to_check(self, err: EC2LauncherError) -> None:
-        """A launch failed: name the preflight check that explains it, and re-check next time."""
-        if point_to_check(err) is err and getattr(err, "check", None):
-            self.preflight_checks.invalidate()
 
     async def stop_instance(self, instance_id: str) -> dict[str, Any]:
         """Stop an instance: close its forward, then ask EC2 to stop it."""

@@ -10,7 +10,9 @@ offer) names the profile, so the launch form can disable that profile and say wh
 
 A report is kept for :attr:`Preflight.max_age` seconds and shared by every caller; ``refresh``
 runs the checks again. Everything here blocks (the manager calls it in a worker thread) and
-nothing changes the account: see :mod:`jupyter_ec2.aws_preflight`.
+nothing changes the account: see :mod:`jupyter_ec2.aws_preflight`. :class:`ManagerPreflight`
+is the manager's instance (``manager.preflight_checks``): it answers ``GET preflight`` from a
+worker thread and, when a launch fails for a reason a check covers, drops the kept report.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .aws import EC2Backend, architecture_for
 from .aws_preflight import (
@@ -37,6 +39,9 @@ from .aws_preflight import (
 )
 from .errors import EC2LauncherError, ValidationError
 from .models import Profile
+
+if TYPE_CHECKING:
+    from .manager import LaunchManager
 
 #: The checks, in the order they run and are reported (a contract: DESIGN.md §4).
 CHECK_NAMES = (
@@ -829,9 +834,32 @@ def point_to_check(err: EC2LauncherError) -> EC2LauncherError:
     return err
 
 
+class ManagerPreflight(Preflight):
+    """The manager's checks (``manager.preflight_checks``): ``GET preflight``, failed launches."""
+
+    def __init__(self, manager: LaunchManager):
+        super().__init__(
+            manager.backend,
+            lambda: list(manager.profiles.profiles.values()),
+            ssh_engine=lambda: str(getattr(manager.tunnels, "engine", "auto")),
+        )
+        self.manager = manager
+
+    async def report_json(self, refresh: bool = False) -> dict[str, Any]:
+        """``GET preflight``: the setup checks, run in a worker thread and kept briefly."""
+        report = await self.manager._thread(self.report, refresh)
+        return report.to_json()
+
+    def launch_failed(self, err: EC2LauncherError) -> None:
+        """A launch failed: name the preflight check that explains it, and re-check next time."""
+        if point_to_check(err) is err and getattr(err, "check", None):
+            self.invalidate()
+
+
 __all__ = [
     "CHECK_NAMES",
     "Check",
+    "ManagerPreflight",
     "Preflight",
     "ProfileVerdict",
     "Report",

@@ -362,7 +362,7 @@ async def start_resize(manager: LaunchManager, record: InstanceRecord, wanted: s
     resizer: Resizer = manager.resizer
     await manager._thread(resizer.check, record.id, record.region, wanted)
     if manager.max_hourly_usd is not None:
-        await manager.check_hourly_limit(record.region, wanted, record.spot)
+        await manager.cost_keeper.check_hourly_limit(record.region, wanted, record.spot)
     was_running = record.ec2_state in ("pending", "running")
     resizer.active.add(record.id)
     if was_running:
@@ -462,7 +462,7 @@ async def _reprice(manager: LaunchManager, record: InstanceRecord) -> None:
         entry = manager.costs.entries.get(record.id)
         if entry is not None and entry.instance_type != record.instance_type:
             entry.instance_type, entry.hourly_usd = record.instance_type, hourly
-    manager._save_costs()
+    manager.cost_keeper.save()
 
 
 __all__ = [

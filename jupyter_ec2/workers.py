@@ -194,9 +194,9 @@ class WorkerPool:
                 f"{record.id} has {len(cluster.live())} workers; {count} more would pass the "
                 f"limit of {MAX_WORKERS}. Remove workers first."
             )
-        manager.check_budget()
+        manager.cost_keeper.check_budget()
         worker_type = instance_type or record.instance_type
-        await manager.check_hourly_limit(record.region, worker_type, False)
+        await manager.cost_keeper.check_hourly_limit(record.region, worker_type, False)
         profile = manager._profile_of(record)
         try:
             launched = await manager._thread(
@@ -552,7 +552,7 @@ class WorkerPool:
         price = self._prices.get((cluster.region, worker.instance_type))
         changed |= manager.costs.set_hourly(worker.id, price, now)
         if changed:
-            manager._save_costs()
+            manager.cost_keeper.save()
         if inst.state == "terminated" and worker.phase == "terminating":
             worker.phase = "terminated"
             self._save(cluster)

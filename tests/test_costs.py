@@ -384,7 +384,7 @@ async def test_cost_so_far_on_the_simulated_cloud(jp_fetch, manager, jp_ec2_clou
     await fresh.start()
     try:
         # Then the history is kept: the same cost, before any price is looked up again
-        assert fresh.costs_summary()["instances"][0]["so_far_usd"] == pytest.approx(
+        assert fresh.cost_keeper.summary()["instances"][0]["so_far_usd"] == pytest.approx(
             inst["cost"]["so_far_usd"], rel=1e-6
         )
         assert fresh.to_json(fresh.records[iid])["cost"] == inst["cost"]
