@@ -402,8 +402,10 @@ def jp_ec2_artifacts() -> Path:
 
 # -- the simulated cloud ----------------------------------------------------------------------
 
-#: The notebook user provisioning creates on this machine for the browser tests (removed after).
-SIM_NOTEBOOK_USER = "jec2browser"
+#: The notebook user provisioning creates on this machine for the browser tests (removed after):
+#: a name of this session's own, so that a second test run on the machine (a developer's, beside
+#: CI's) never removes the home of the user whose remote notebook this run has open.
+SIM_NOTEBOOK_USER = "jec2br" + secrets.token_hex(4)
 #: Seconds a simulated instance stays ``pending``, so a test can watch (and reload) a launch.
 SIM_BOOT_DELAY = 4.0
 
